@@ -1,0 +1,107 @@
+"""Tokenizer and chat template rebuilt from GGUF metadata, so the server needs no Hub download.
+
+The GGUF stores a GPT-2 style byte-level BPE (`tokenizer.ggml.model == "gpt2"`) as a token list
+plus merges, and the chat template as a Jinja string. `tokenizers` rebuilds the BPE exactly;
+the pre-tokenizer for `tokenizer.ggml.pre == "smollm"` splits digits one by one before the
+GPT-2 byte-level regex, as llama.cpp and the Hugging Face tokenizer.json of SmolLM2 do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jinja2
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+
+_TOKEN_TYPE_CONTROL = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL: special tokens such as <|im_end|>
+
+
+class Tokenizer:
+    """Byte-level BPE + chat template. `encode` never adds BOS (SmolLM2 uses none)."""
+
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        merges: Sequence[str],
+        token_types: Sequence[int],
+        chat_template: str,
+        bos_id: int,
+        eos_id: int,
+        pre: str = "smollm",
+    ) -> None:
+        vocab = {tok: i for i, tok in enumerate(tokens)}
+        pairs = [tuple(m.split(" ", 1)) for m in merges]
+        bpe = models.BPE(vocab=vocab, merges=pairs, fuse_unk=False)
+        self._tok = HFTokenizer(bpe)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        if pre == "smollm":
+            self._tok.pre_tokenizer = pre_tokenizers.Sequence(
+                [pre_tokenizers.Digits(individual_digits=True), byte_level]
+            )
+        else:
+            self._tok.pre_tokenizer = byte_level
+        self._tok.decoder = decoders.ByteLevel()
+        special = [tokens[i] for i, t in enumerate(token_types) if t == _TOKEN_TYPE_CONTROL]
+        self._tok.add_special_tokens(
+            [AddedToken(s, special=True, normalized=False) for s in special]
+        )
+        self.special_ids = frozenset(vocab[s] for s in special)
+        self.vocab_size = len(tokens)
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        # <|endoftext|> also ends a sequence: the base model emits it after plain completions.
+        self.stop_ids = frozenset({eos_id, vocab.get("<|endoftext|>", eos_id)})
+        env = jinja2.Environment(
+            trim_blocks=False, lstrip_blocks=False, undefined=jinja2.StrictUndefined
+        )
+        self._template = env.from_string(chat_template)
+        self.chat_template = chat_template
+
+    @classmethod
+    def from_gguf(cls, reader: Any) -> Tokenizer:
+        """Build from a `gguf.GGUFReader`."""
+        fields = reader.fields
+
+        def get(key: str) -> Any:
+            if key not in fields:
+                raise KeyError(f"GGUF metadata has no {key!r}")
+            return fields[key].contents()
+
+        model = get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise ValueError(
+                f"tokenizer.ggml.model={model!r}: only 'gpt2' byte-level BPE is supported"
+            )
+        pre = get("tokenizer.ggml.pre") if "tokenizer.ggml.pre" in fields else "default"
+        return cls(
+            tokens=get("tokenizer.ggml.tokens"),
+            merges=get("tokenizer.ggml.merges"),
+            token_types=get("tokenizer.ggml.token_type"),
+            chat_template=get("tokenizer.chat_template"),
+            bos_id=int(get("tokenizer.ggml.bos_token_id")),
+            eos_id=int(get("tokenizer.ggml.eos_token_id")),
+            pre=pre,
+        )
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special-token strings inside it map to their ids."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special)
+
+    def token_str(self, token_id: int) -> str:
+        """Text of one token, as OpenAI's logprobs `token` field shows it."""
+        return self._tok.decode([token_id], skip_special_tokens=False)
+
+    def token_bytes(self, token_id: int) -> list[int]:
+        return list(self.token_str(token_id).encode("utf-8", errors="replace"))
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        return self._template.render(
+            messages=list(messages), add_generation_prompt=add_generation_prompt
+        )
