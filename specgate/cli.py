@@ -1,9 +1,41 @@
-"""The `specgate` command line. Subcommands are filled in by the harness issue."""
+"""The `specgate` command line.
+
+  specgate run                       kernel conformance (quick) + default scenarios vs refserver
+  specgate baseline update SCEN...   re-measure, show the diff, write atomically if invariants hold
+  specgate report                    re-render the last run (text, or markdown with --report FILE)
+  specgate serve ARGS...             start refserver (python -m refserver ARGS...)
+
+Exit codes: 0 all passed, 1 a check failed, 2 bad usage or a malformed scenario, 130 Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import shlex
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("specgate")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(".specgate-cache")
+LAST_RUN = CACHE_DIR / "last-run.json"
+DEFAULT_TAG = "default"
+
+
+def _root(args: argparse.Namespace) -> Path:
+    """The folder holding scenarios/ (and tests/kernel): --root, else the source checkout, else
+    the current directory."""
+    if args.root:
+        return Path(args.root).resolve()
+    if (PROJECT_ROOT / "scenarios").is_dir():
+        return PROJECT_ROOT
+    return Path.cwd()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,17 +43,271 @@ def build_parser() -> argparse.ArgumentParser:
         prog="specgate",
         description="Verification suite for hybrid MTP + n-gram speculative decoding.",
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--root",
+            default=None,
+            help="project folder holding scenarios/ (default: the specgate checkout)",
+        )
+        p.add_argument(
+            "--server-url",
+            default=None,
+            help="use this running server instead of launching the scenario's command",
+        )
+
+    run = sub.add_parser("run", help="kernel conformance + default scenarios against refserver")
+    common(run)
+    run.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        help="scenario name or YAML path (repeatable; default: those tagged "
+        f"'{DEFAULT_TAG}' in scenarios/)",
+    )
+    run.add_argument("--report", default=None, metavar="FILE", help="also write markdown here")
+    run.add_argument("--skip-kernel", action="store_true", help="skip the kernel conformance step")
+
+    baseline = sub.add_parser("baseline", help="manage baselines")
+    bsub = baseline.add_subparsers(dest="baseline_command", metavar="ACTION", required=True)
+    update = bsub.add_parser("update", help="re-measure scenarios and rewrite their baselines")
+    common(update)
+    update.add_argument(
+        "scenarios", nargs="+", metavar="SCENARIO", help="scenario names or YAML paths"
+    )
+    update.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
+
+    report = sub.add_parser("report", help="show the report of the last run")
+    report.add_argument(
+        "--from", dest="source", default=str(LAST_RUN), help=f"results file (default: {LAST_RUN})"
+    )
+    report.add_argument("--report", default=None, metavar="FILE", help="write markdown here")
+    report.add_argument("--failing-only", action="store_true", help="only rows that failed")
+
+    serve = sub.add_parser("serve", help="start refserver: python -m refserver ARGS...")
+    serve.add_argument("serve_args", nargs=argparse.REMAINDER, help="arguments for refserver")
     return parser
+
+
+def _install_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so servers are torn down in `finally` blocks."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _load(selectors: list[str], root: Path):
+    from e2e.scenario import load_scenario, resolve_scenarios
+
+    return [load_scenario(p) for p in resolve_scenarios(selectors, root / "scenarios")]
+
+
+# --- run --------------------------------------------------------------------------------------
+
+
+def _kernel_step(root: Path) -> bool:
+    tests = root / "tests" / "kernel"
+    if not tests.is_dir():
+        print(
+            f"kernel conformance: {tests} not found (specgate installed without its tests); "
+            "skipped",
+            flush=True,
+        )
+        return True
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "kernel",
+        "-q",
+        "--kernel-profile",
+        "quick",
+        "-p",
+        "no:cacheprovider",
+        str(tests),
+    ]
+    print(f"kernel conformance (quick): {shlex.join(command)}", flush=True)
+    started = time.monotonic()
+    code = subprocess.call(command, cwd=root)
+    ok = code in (0, 5)  # 5: no tests collected, e.g. while the kernel suite is being written
+    print(
+        f"kernel conformance: {'passed' if ok else f'FAILED (pytest exit {code})'} in "
+        f"{time.monotonic() - started:.0f} s",
+        flush=True,
+    )
+    return ok
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from e2e.report import render_markdown, render_text, save_results
+    from e2e.runner import run_scenario
+    from e2e.server import ServerPool
+
+    root = _root(args)
+    kernel_ok = True if args.skip_kernel else _kernel_step(root)
+    scenarios = _load(args.scenario, root)
+    if not args.scenario:
+        scenarios = [s for s in scenarios if DEFAULT_TAG in s.tags]
+    if not scenarios:
+        print(f"no scenarios to run in {root / 'scenarios'}", file=sys.stderr)
+        return 2
+    print(f"running {len(scenarios)} scenarios: {', '.join(s.name for s in scenarios)}", flush=True)
+    results = []
+    pool = ServerPool(CACHE_DIR / "logs", args.server_url)
+    try:
+        # Scenarios that share a server configuration run back to back; each server is stopped
+        # once no later scenario needs it, so at most one refserver holds memory at a time.
+        order = sorted(scenarios, key=lambda s: [spec.key() for spec in s.servers.values()])
+        for i, scenario in enumerate(order):
+            result = run_scenario(scenario, pool)
+            print(f"  {result.status:7} {scenario.name} ({result.duration_s:.1f} s)", flush=True)
+            results.append(result)
+            later = {spec.key() for s in order[i + 1 :] for spec in s.servers.values()}
+            for spec in scenario.servers.values():
+                if spec.key() not in later:
+                    pool.release(spec)
+    finally:
+        pool.close()
+    print()
+    print(render_text(results))
+    save_results(results, LAST_RUN)
+    if args.report:
+        Path(args.report).write_text(render_markdown(results), encoding="utf-8")
+        print(f"markdown report: {args.report}")
+    scenarios_ok = all(r.status in ("passed", "skipped") for r in results)
+    if not kernel_ok:
+        print("FAILED: kernel conformance", file=sys.stderr)
+    return 0 if kernel_ok and scenarios_ok else 1
+
+
+# --- baseline update --------------------------------------------------------------------------
+
+
+def cmd_baseline_update(args: argparse.Namespace) -> int:
+    from e2e.baseline import (
+        BaselineError,
+        collect_provenance,
+        diff_baselines,
+        load_baseline,
+        write_baseline_atomic,
+    )
+    from e2e.runner import build_baseline, measure
+    from e2e.server import ServerPool, ServerStartError
+
+    root = _root(args)
+    scenarios = _load(args.scenarios, root)
+    for scenario in scenarios:
+        if scenario.kind != "metrics":
+            print(f"{scenario.path}: a {scenario.kind} scenario has no baseline", file=sys.stderr)
+            return 2
+    failed = False
+    pool = ServerPool(CACHE_DIR / "logs", args.server_url)
+    try:
+        for scenario in scenarios:
+            print(f"== {scenario.name} ({scenario.path})", flush=True)
+            reason = None if args.server_url else scenario.skip_reason()
+            if reason:
+                print(f"cannot measure: {reason}", file=sys.stderr)
+                failed = True
+                continue
+            try:
+                endpoint = pool.endpoint(scenario.server, name=scenario.name)
+            except ServerStartError as exc:
+                print(str(exc), file=sys.stderr)
+                failed = True
+                continue
+            outcomes = measure(scenario, endpoint)
+            pool.release(scenario.server)
+            command = shlex.join(scenario.server.command) if scenario.server.command else None
+            new = build_baseline(
+                scenario,
+                outcomes,
+                collect_provenance(scenario.path, scenario.hash, command, endpoint.url),
+            )
+            try:
+                old = load_baseline(scenario.baseline)
+            except BaselineError as exc:
+                old = None
+                if scenario.baseline.exists():
+                    print(f"(old baseline unreadable, shown as new: {exc})")
+            print(diff_baselines(old, new))
+            problems = [f"{o.request_id}: {o.error}" for o in outcomes if o.error]
+            problems += [
+                f"{o.request_id}: invariant {m}" for o in outcomes for m in o.invariant_failures
+            ]
+            if problems:
+                print(
+                    f"NOT written: {len(problems)} problems (a baseline is only written when "
+                    "every request succeeds and every invariant holds):",
+                    file=sys.stderr,
+                )
+                for problem in problems:
+                    print(f"  {problem}", file=sys.stderr)
+                failed = True
+            elif args.dry_run:
+                print(f"dry run: {scenario.baseline} not written")
+            else:
+                write_baseline_atomic(scenario.baseline, new)
+                print(f"wrote {scenario.baseline}")
+    finally:
+        pool.close()
+    return 1 if failed else 0
+
+
+# --- report / serve ---------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from e2e.report import load_results, render_markdown, render_text
+
+    source = Path(args.source)
+    if not source.is_file():
+        print(f"--from {source}: no results yet; run `specgate run` first", file=sys.stderr)
+        return 2
+    results = load_results(source)
+    print(render_text(results, only_failing_rows=args.failing_only))
+    if args.report:
+        Path(args.report).write_text(render_markdown(results), encoding="utf-8")
+        print(f"markdown report: {args.report}")
+    return 0 if all(r.status in ("passed", "skipped") for r in results) else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "refserver", *args.serve_args]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    from e2e.scenario import ScenarioError
+
+    _install_sigterm()
+    handlers = {"run": cmd_run, "report": cmd_report, "serve": cmd_serve}
+    try:
+        if args.command == "baseline":
+            return cmd_baseline_update(args)
+        return handlers[args.command](args)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped, no baseline was changed", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

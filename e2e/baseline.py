@@ -1,0 +1,235 @@
+"""Baseline files: measured values per request plus provenance, written only by the tool.
+
+A baseline belongs to one scenario on one kind of machine (SPEC §3), so it records where and how
+it was measured, and the scenario hash it was measured for. A baseline whose hash no longer matches
+its scenario is stale and fails the gate with the command that refreshes it. Writes are atomic
+(temporary file in the same folder, fsync, rename), so an interrupted update leaves the old file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FORMAT_VERSION = 1
+
+
+class BaselineError(ValueError):
+    """A baseline file that is missing, malformed or stale; the message says what to do."""
+
+
+@dataclass
+class Baseline:
+    scenario: str
+    scenario_hash: str
+    provenance: dict[str, Any]
+    # request id -> {"fields": {name: value}, "text": str}
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_yaml(self) -> str:
+        data = {
+            "specgate_baseline": FORMAT_VERSION,
+            "scenario": self.scenario,
+            "scenario_hash": self.scenario_hash,
+            "provenance": self.provenance,
+            "requests": self.requests,
+        }
+        header = (
+            "# Written by `specgate baseline update`; do not edit by hand.\n"
+            "# Refresh with: specgate baseline update <scenario>\n"
+        )
+        return header + yaml.dump(
+            data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100
+        )
+
+
+class _Dumper(yaml.SafeDumper):
+    """safe_dump, with lists of numbers on one line so diffs of baselines stay readable."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flow = all(isinstance(v, (int, float)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def load_baseline(path: Path) -> Baseline:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise BaselineError(
+            f"{path}: no baseline yet; create it with `specgate baseline update <scenario>`"
+        ) from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise BaselineError(f"{path}: cannot read the baseline: {exc}") from exc
+    if not isinstance(data, dict) or data.get("specgate_baseline") != FORMAT_VERSION:
+        raise BaselineError(
+            f"{path}: key 'specgate_baseline': expected {FORMAT_VERSION} "
+            "(a file written by `specgate baseline update`)"
+        )
+    for key, kind in (
+        ("scenario", str),
+        ("scenario_hash", str),
+        ("provenance", dict),
+        ("requests", dict),
+    ):
+        if not isinstance(data.get(key), kind):
+            raise BaselineError(
+                f"{path}: key {key!r}: expected {kind.__name__}, got {data.get(key)!r}"
+            )
+    for rid, entry in data["requests"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("fields"), dict):
+            raise BaselineError(f"{path}: key 'requests.{rid}.fields': expected a mapping")
+    return Baseline(data["scenario"], data["scenario_hash"], data["provenance"], data["requests"])
+
+
+def check_fresh(baseline: Baseline, scenario_hash: str, path: Path, scenario_path: Path) -> None:
+    if baseline.scenario_hash != scenario_hash:
+        raise BaselineError(
+            f"{path}: stale baseline: it was measured for scenario hash "
+            f"{baseline.scenario_hash[:19]}, but {scenario_path.name} now hashes to "
+            f"{scenario_hash[:19]} (its server, requests or adapter changed). Run "
+            f"`specgate baseline update {scenario_path}` to re-measure it."
+        )
+
+
+def write_baseline_atomic(path: Path, baseline: Baseline) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(baseline.to_yaml())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _git_commit(folder: Path) -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        return commit + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
+    except Exception:  # provenance must never break a run
+        pass
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"cpu: {model} ({os.cpu_count()} cores)"
+
+
+def _torch_version() -> str:
+    try:
+        import torch
+
+        return str(torch.__version__)
+    except Exception:
+        return "not installed"
+
+
+def collect_provenance(
+    scenario_path: Path, scenario_hash: str, server_command: str | None, server_url: str
+) -> dict[str, Any]:
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "git_commit": _git_commit(scenario_path.parent),
+        "host": socket.gethostname(),
+        "device": _device(),
+        "torch": _torch_version(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "server_command": server_command or f"(running server at {server_url})",
+        "scenario_hash": scenario_hash,
+    }
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else repr(value)
+
+
+def diff_baselines(old: Baseline | None, new: Baseline) -> str:
+    """What moved, request by request and field by field, as readable lines."""
+    if old is None:
+        lines = [f"new baseline for {new.scenario} ({len(new.requests)} requests):"]
+        for rid, entry in new.requests.items():
+            values = ", ".join(f"{k}={_fmt(v)}" for k, v in entry["fields"].items())
+            lines.append(f"  + {rid}: {values}")
+        return "\n".join(lines)
+    lines = []
+    if old.scenario_hash != new.scenario_hash:
+        lines.append(f"scenario hash: {old.scenario_hash[:19]} -> {new.scenario_hash[:19]}")
+    for key in ("git_commit", "host", "device", "torch", "python", "server_command"):
+        if old.provenance.get(key) != new.provenance.get(key):
+            lines.append(
+                f"provenance.{key}: {old.provenance.get(key)!r} -> {new.provenance.get(key)!r}"
+            )
+    for rid in [*old.requests, *(r for r in new.requests if r not in old.requests)]:
+        if rid not in new.requests:
+            lines.append(f"  - {rid}: removed")
+            continue
+        if rid not in old.requests:
+            values = ", ".join(f"{k}={_fmt(v)}" for k, v in new.requests[rid]["fields"].items())
+            lines.append(f"  + {rid}: {values}")
+            continue
+        before, after = old.requests[rid]["fields"], new.requests[rid]["fields"]
+        changes = []
+        for name in [*before, *(n for n in after if n not in before)]:
+            b, a = before.get(name, "<absent>"), after.get(name, "<absent>")
+            if b != a:
+                delta = ""
+                if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                    delta = f" ({'+' if a >= b else ''}{_fmt(a - b)})"
+                changes.append(f"      {name}: {_fmt(b)} -> {_fmt(a)}{delta}")
+        if old.requests[rid].get("text") != new.requests[rid].get("text"):
+            changes.append("      text changed")
+        if changes:
+            lines.append(f"  ~ {rid}:")
+            lines.extend(changes)
+    unchanged = sum(
+        1
+        for rid in new.requests
+        if rid in old.requests and old.requests[rid]["fields"] == new.requests[rid]["fields"]
+    )
+    lines.append(f"{unchanged} of {len(new.requests)} requests unchanged")
+    return "\n".join(lines)

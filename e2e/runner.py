@@ -1,0 +1,290 @@
+"""Run one scenario end to end: reach its server(s), send its requests, measure, check, compare.
+
+`measure` produces per-request outcomes (used both by the gate and by `baseline update`);
+`run_scenario` adds the baseline comparison and turns everything into a ScenarioResult that the
+report renders. Failures of the server or of a request become results with messages (and the server
+log tail), not exceptions, so one broken scenario never hides the report of the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from e2e import adapters
+from e2e.adapters import AdapterError, Measurement
+from e2e.baseline import Baseline, BaselineError, check_fresh, load_baseline
+from e2e.client import Completion, RequestError, send
+from e2e.compare import MISSING, Row, compare_request
+from e2e.invariants import Context, check_invariants
+from e2e.lossless import greedy_with_logprobs, judge
+from e2e.scenario import RequestSpec, Scenario
+from e2e.server import Endpoint, ServerPool, ServerStartError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RequestOutcome:
+    request_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+    invariant_failures: list[str] = field(default_factory=list)
+    error: str | None = None
+    latency_s: float = 0.0
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    path: str
+    kind: str
+    status: str  # passed | failed | skipped | error
+    rows: list[Row] = field(default_factory=list)
+    outcomes: list[RequestOutcome] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    server: str = ""
+    baseline_path: str | None = None
+    baseline_provenance: dict[str, Any] | None = None
+    duration_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def _send_all(
+    url: str, requests: tuple[RequestSpec, ...], concurrency: int, timeout_s: float
+) -> list[Completion | Exception]:
+    """Send in waves of `concurrency`, each wave released together by a barrier."""
+    results: list[Completion | Exception] = []
+    for start in range(0, len(requests), concurrency):
+        wave = requests[start : start + concurrency]
+        barrier = threading.Barrier(len(wave))
+
+        def one(
+            request: RequestSpec, barrier: threading.Barrier = barrier
+        ) -> Completion | Exception:
+            barrier.wait()
+            try:
+                return send(url, request, timeout_s)
+            except RequestError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=len(wave)) as pool:
+            results.extend(pool.map(one, wave))
+    return results
+
+
+def _max_tokens(request: RequestSpec) -> int | None:
+    body = request.body
+    value = body.get("max_tokens", body.get("max_completion_tokens"))
+    if value is None and isinstance(body.get("sampling_params"), dict):
+        value = body["sampling_params"].get("max_new_tokens")
+    return value
+
+
+def _outcome(
+    scenario: Scenario, request: RequestSpec, result: Completion | Exception, measure_one: Any
+) -> RequestOutcome:
+    if isinstance(result, Exception):
+        return RequestOutcome(request.id, error=str(result))
+    try:
+        measurement: Measurement = measure_one(result)
+    except AdapterError as exc:
+        return RequestOutcome(
+            request.id, text=result.text, error=str(exc), latency_s=result.latency_s
+        )
+    ctx = Context(
+        measurement.fields,
+        scenario.speculative_tokens,
+        _max_tokens(request),
+        tuple(measurement.placement_errors),
+    )
+    failures = check_invariants(scenario.adapter, ctx, scenario.invariants)
+    return RequestOutcome(
+        request.id, measurement.fields, result.text, failures, latency_s=result.latency_s
+    )
+
+
+def measure(scenario: Scenario, endpoint: Endpoint) -> list[RequestOutcome]:
+    """Send every request of a metrics scenario and read its metrics through the adapter."""
+    if scenario.adapter == "vllm":
+        outcomes = []
+        for request in scenario.requests:  # alone: the counters are server-wide
+            try:
+                before = adapters.settled_counters(endpoint.metrics_url)
+                result: Completion | Exception = send(
+                    endpoint.url, request, scenario.request_timeout
+                )
+                after = adapters.settled_counters(endpoint.metrics_url)
+            except (RequestError, AdapterError) as exc:
+                result = exc
+                before = after = None
+            outcomes.append(
+                _outcome(
+                    scenario,
+                    request,
+                    result,
+                    lambda c, b=before, a=after: adapters.vllm_measure(c, b, a),
+                )
+            )
+        return outcomes
+    results = _send_all(
+        endpoint.url, scenario.requests, scenario.concurrency, scenario.request_timeout
+    )
+    measure_one = adapters.MEASURE[scenario.adapter]
+    return [
+        _outcome(scenario, r, res, measure_one)
+        for r, res in zip(scenario.requests, results, strict=True)
+    ]
+
+
+def build_baseline(
+    scenario: Scenario, outcomes: list[RequestOutcome], provenance: dict[str, Any]
+) -> Baseline:
+    return Baseline(
+        scenario=scenario.name,
+        scenario_hash=scenario.hash,
+        provenance=provenance,
+        requests={o.request_id: {"fields": o.fields, "text": o.text} for o in outcomes},
+    )
+
+
+def compare_with_baseline(
+    scenario: Scenario, outcomes: list[RequestOutcome], baseline: Baseline
+) -> list[Row]:
+    rows: list[Row] = []
+    measured_ids = {o.request_id for o in outcomes}
+    for outcome in outcomes:
+        entry = baseline.requests.get(outcome.request_id)
+        if entry is None:
+            rows.append(
+                Row(
+                    outcome.request_id,
+                    "*",
+                    MISSING,
+                    "measured",
+                    "-",
+                    False,
+                    "request not in the baseline",
+                )
+            )
+            continue
+        if outcome.error:
+            continue  # reported as an error message; a row per field would only repeat it
+        rows.extend(
+            compare_request(
+                outcome.request_id, entry["fields"], outcome.fields, scenario.tolerances
+            )
+        )
+    for rid in baseline.requests:
+        if rid not in measured_ids:
+            rows.append(Row(rid, "*", "in baseline", MISSING, "-", False, "request not measured"))
+    return rows
+
+
+def _server_context(pool: ServerPool, scenario: Scenario, role: str) -> str:
+    server = pool.server_for(scenario.servers[role])
+    return "\n" + server.failure_context() if server else ""
+
+
+def run_scenario(scenario: Scenario, pool: ServerPool) -> ScenarioResult:
+    started = time.monotonic()
+    result = ScenarioResult(scenario.name, str(scenario.path), scenario.kind, "passed")
+    reason = None if pool.override_url else scenario.skip_reason()
+    if reason and scenario.kind == "metrics":
+        result.status, result.messages = "skipped", [reason]
+        return result
+    try:
+        if scenario.kind == "lossless":
+            if reason and pool.override_url is None:
+                result.status, result.messages = "skipped", [reason]
+                return result
+            _run_lossless(scenario, pool, result)
+        else:
+            _run_metrics(scenario, pool, result)
+    except ServerStartError as exc:
+        result.status = "error"
+        result.messages.append(str(exc))
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def _run_metrics(scenario: Scenario, pool: ServerPool, result: ScenarioResult) -> None:
+    endpoint = pool.endpoint(scenario.server, "server", name=scenario.name)
+    result.server = endpoint.command or endpoint.url
+    outcomes = measure(scenario, endpoint)
+    result.outcomes = outcomes
+    errors = [o for o in outcomes if o.error]
+    for o in errors:
+        result.messages.append(f"request {o.request_id}: {o.error}")
+    if errors:
+        result.messages.append(_server_context(pool, scenario, "server").strip())
+    for o in outcomes:
+        result.messages.extend(
+            f"invariant failed for {o.request_id}: {m}" for m in o.invariant_failures
+        )
+    result.baseline_path = str(scenario.baseline)
+    try:
+        baseline = load_baseline(scenario.baseline)
+        result.baseline_provenance = baseline.provenance
+        check_fresh(baseline, scenario.hash, scenario.baseline, scenario.path)
+    except BaselineError as exc:
+        result.messages.append(str(exc))
+        result.status = "failed"
+        return
+    result.rows = compare_with_baseline(scenario, outcomes, baseline)
+    if errors or any(o.invariant_failures for o in outcomes) or not all(r.ok for r in result.rows):
+        result.status = "failed"
+
+
+def _run_lossless(scenario: Scenario, pool: ServerPool, result: ScenarioResult) -> None:
+    reference = pool.endpoint(
+        scenario.servers["reference"], "reference", name=f"{scenario.name}-reference"
+    )
+    candidate = pool.endpoint(
+        scenario.servers["candidate"], "candidate", name=f"{scenario.name}-candidate"
+    )
+    result.server = (
+        f"reference: {reference.command or reference.url}\n"
+        f"candidate: {candidate.command or candidate.url}"
+    )
+    tolerance = f"near-tie: top-2 gap <= {scenario.near_tie_max_gap:g}"
+    requests = tuple(greedy_with_logprobs(r) for r in scenario.requests)
+    ref_results = _send_all(reference.url, requests, scenario.concurrency, scenario.request_timeout)
+    cand_results = _send_all(
+        candidate.url, requests, scenario.concurrency, scenario.request_timeout
+    )
+    for request, ref, cand in zip(requests, ref_results, cand_results, strict=True):
+        if isinstance(ref, Exception) or isinstance(cand, Exception):
+            message = str(ref if isinstance(ref, Exception) else cand)
+            result.messages.append(f"request {request.id}: {message}")
+            result.rows.append(
+                Row(request.id, "text", "-", "-", tolerance, False, "request failed")
+            )
+            continue
+        verdict = judge(ref, cand, scenario.near_tie_max_gap)
+        result.outcomes.append(RequestOutcome(request.id, text=cand.text, latency_s=cand.latency_s))
+        result.rows.append(
+            Row(
+                request.id,
+                "text",
+                _clip(ref.text),
+                _clip(cand.text),
+                tolerance,
+                verdict.ok,
+                verdict.detail,
+            )
+        )
+    if not all(r.ok for r in result.rows):
+        result.status = "failed"
+
+
+def _clip(text: str, width: int = 40) -> str:
+    flat = text.replace("\n", "\\n")
+    return flat if len(flat) <= width else flat[: width - 3] + "..."

@@ -1,0 +1,282 @@
+"""Server lifecycle: launch a scenario's command, wait until healthy, tear the whole tree down.
+
+The server runs in its own session (so its process group is its own and a terminal Ctrl-C does not
+reach it directly), with stdout+stderr in a log file. Health is polled until a deadline, and a
+process that exits during startup fails at once instead of after the deadline. Teardown sends
+SIGTERM to the group, then SIGKILL after a grace period, and also kills descendants that started
+their own session. A watchdog (e2e._reaper) kills the group if this process dies without running
+teardown. Every failure message carries the tail of the server log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+from e2e.ports import release_port, reserve_port
+from e2e.scenario import ServerSpec, substitute
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 40
+HOST = "127.0.0.1"
+
+
+class ServerStartError(RuntimeError):
+    """The server died or never became healthy; the message includes the command and log tail."""
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(tail) if tail else "(log is empty)"
+
+
+@dataclass
+class Endpoint:
+    """Where a scenario's requests go: base URL, metrics URL, and how the server was started."""
+
+    url: str
+    metrics_url: str
+    command: str | None = None
+    log_path: Path | None = None
+
+
+@dataclass
+class ServerProcess:
+    """One launched server. Use as a context manager, or call start()/stop()."""
+
+    spec: ServerSpec
+    log_dir: Path
+    name: str = "server"
+    grace_s: float = 10.0
+    ports: dict[str, int] = field(default_factory=dict)
+    _proc: subprocess.Popen[bytes] | None = None
+    _reaper: subprocess.Popen[bytes] | None = None
+    _log_file: object = None
+    log_path: Path | None = None
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.ports['']}"
+
+    def endpoint(self) -> Endpoint:
+        metrics = self.spec.metrics_url
+        metrics_url = (
+            substitute(metrics, self.ports, sys.executable) if metrics else self.url + "/metrics"
+        )
+        return Endpoint(self.url, metrics_url, shlex.join(self.argv), self.log_path)
+
+    def start(self) -> Endpoint:
+        if self.spec.command is None:
+            raise ValueError("ServerProcess needs a spec with a command, not a url")
+        self.ports = {name: reserve_port(HOST) for name in self.spec.port_names()}
+        self.argv = [substitute(word, self.ports, sys.executable) for word in self.spec.command]
+        env = {
+            **os.environ,
+            **{k: substitute(v, self.ports, sys.executable) for k, v in self.spec.env.items()},
+        }
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.log_dir / f"{self.name}-{self.ports['']}.log"
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        log.info("starting %s: %s (log: %s)", self.name, shlex.join(self.argv), self.log_path)
+        try:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.stop()
+            raise ServerStartError(
+                f"{self.name}: cannot start {shlex.join(self.argv)}: {exc}"
+            ) from exc
+        self._start_reaper()
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self.endpoint()
+
+    def _start_reaper(self) -> None:
+        me = psutil.Process()
+        self._reaper = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "e2e._reaper",
+                str(me.pid),
+                repr(me.create_time()),
+                str(self._proc.pid),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+
+    def _wait_healthy(self) -> None:
+        timeout = self.spec.startup_timeout
+        deadline = time.monotonic() + timeout
+        health = self.url + self.spec.health_path
+        last_problem = "no answer yet"
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise ServerStartError(
+                    self._failure(f"exited with code {code} before becoming healthy")
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServerStartError(
+                    self._failure(
+                        f"did not become healthy at {health} within {timeout:g} s "
+                        f"(last: {last_problem})"
+                    )
+                )
+            try:
+                response = requests.get(health, timeout=min(2.0, max(remaining, 0.05)))
+                if response.status_code == 200:
+                    log.info("%s healthy at %s", self.name, self.url)
+                    return
+                last_problem = f"HTTP {response.status_code}"
+            except requests.RequestException as exc:
+                last_problem = type(exc).__name__
+            time.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
+
+    def _failure(self, what: str) -> str:
+        tail = log_tail(self.log_path) if self.log_path else "(no log)"
+        return (
+            f"server {self.name!r} {what}\n  command: {shlex.join(self.argv)}\n"
+            f"  log: {self.log_path}\n--- last {LOG_TAIL_LINES} log lines ---\n{tail}"
+        )
+
+    def failure_context(self) -> str:
+        """Command and log tail, for failures that happen after startup (e.g. a request error)."""
+        return self._failure("log at the time of the failure")
+
+    def stop(self) -> None:
+        """Terminate the whole process tree; safe to call more than once."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate_tree(proc, self.grace_s)
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            with contextlib.suppress(ProcessLookupError):
+                reaper.kill()
+            reaper.wait()
+        for port in self.ports.values():
+            release_port(port)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+    return members
+
+
+def _terminate_tree(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    pgid = proc.pid  # start_new_session: the leader's pid is the group id
+    try:
+        root = psutil.Process(proc.pid)
+        targets = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    except psutil.NoSuchProcess:
+        targets = {}
+    targets.update({p.pid: p for p in _group_members(pgid)})
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    for p in targets.values():  # descendants that escaped the group with their own setsid()
+        with contextlib.suppress(psutil.Error):
+            if os.getpgid(p.pid) != pgid:
+                p.terminate()
+    _, alive = psutil.wait_procs(list(targets.values()), timeout=grace_s)
+    if alive:
+        log.warning(
+            "server processes %s ignored SIGTERM for %g s; killing", [p.pid for p in alive], grace_s
+        )
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+class ServerPool:
+    """One server per distinct configuration, started on first use and reused after.
+
+    `override_url` (--server-url) replaces every launched 'server'/'candidate' with a running one.
+    """
+
+    def __init__(self, log_dir: Path, override_url: str | None = None):
+        self.log_dir = log_dir
+        self.override_url = override_url.rstrip("/") if override_url else None
+        self._servers: dict[str, ServerProcess] = {}
+        self._failed: dict[str, str] = {}
+
+    def endpoint(self, spec: ServerSpec, role: str = "server", name: str = "server") -> Endpoint:
+        if self.override_url and role in ("server", "candidate"):
+            return Endpoint(self.override_url, self.override_url + "/metrics")
+        if spec.url:
+            metrics = spec.metrics_url or spec.url + "/metrics"
+            return Endpoint(spec.url, metrics)
+        key = spec.key()
+        if key in self._failed:  # do not relaunch a broken command for every scenario using it
+            raise ServerStartError(self._failed[key])
+        if key not in self._servers:
+            server = ServerProcess(spec, self.log_dir, name=name)
+            try:
+                server.start()
+            except ServerStartError as exc:
+                self._failed[key] = str(exc)
+                raise
+            self._servers[key] = server
+        return self._servers[key].endpoint()
+
+    def server_for(self, spec: ServerSpec) -> ServerProcess | None:
+        return self._servers.get(spec.key())
+
+    def release(self, spec: ServerSpec) -> None:
+        server = self._servers.pop(spec.key(), None)
+        if server is not None:
+            server.stop()
+
+    def close(self) -> None:
+        while self._servers:
+            _, server = self._servers.popitem()
+            server.stop()
