@@ -185,7 +185,11 @@ def collect_provenance(
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else repr(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return repr(value)
 
 
 def diff_baselines(old: Baseline | None, new: Baseline) -> str:

@@ -74,7 +74,11 @@ def render_text(results: list[ScenarioResult], only_failing_rows: bool = False) 
         lines.extend(result.messages)
         rows = [r for r in result.rows if not (only_failing_rows and r.ok)]
         if rows:
-            table = [list(HEADERS)] + [[_clip(c) for c in _row_cells(r)] for r in rows]
+            # Every cell is clipped to keep the table readable except the verdict, which
+            # carries the detail (which elements failed, and by how much).
+            table = [list(HEADERS)] + [
+                [*(_clip(c) for c in _row_cells(r)[:-1]), r.verdict] for r in rows
+            ]
             widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS) - 1)]
             for cells in table:
                 lines.append(

@@ -57,10 +57,23 @@ class ScenarioResult:
         return self.status == "passed"
 
 
+def _send_one(url: str, request: RequestSpec, timeout_s: float) -> Completion | Exception:
+    try:
+        return send(url, request, timeout_s)
+    except RequestError as exc:
+        return exc
+
+
 def _send_all(
     url: str, requests: tuple[RequestSpec, ...], concurrency: int, timeout_s: float
 ) -> list[Completion | Exception]:
-    """Send in waves of `concurrency`, each wave released together by a barrier."""
+    """Send in waves of `concurrency`, each wave released together by a barrier.
+
+    Sequential requests stay on the calling thread, so Ctrl-C interrupts them at once. For waves,
+    an interrupt does not wait for requests in flight: they end when teardown kills the server.
+    """
+    if concurrency == 1:
+        return [_send_one(url, request, timeout_s) for request in requests]
     results: list[Completion | Exception] = []
     for start in range(0, len(requests), concurrency):
         wave = requests[start : start + concurrency]
@@ -70,13 +83,13 @@ def _send_all(
             request: RequestSpec, barrier: threading.Barrier = barrier
         ) -> Completion | Exception:
             barrier.wait()
-            try:
-                return send(url, request, timeout_s)
-            except RequestError as exc:
-                return exc
+            return _send_one(url, request, timeout_s)
 
-        with ThreadPoolExecutor(max_workers=len(wave)) as pool:
+        pool = ThreadPoolExecutor(max_workers=len(wave))
+        try:
             results.extend(pool.map(one, wave))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
     return results
 
 

@@ -52,7 +52,8 @@ class Tolerance:
     def allows(self, baseline: float, measured: float) -> bool:
         diff = abs(measured - baseline)
         limit = max(self.abs or 0.0, (self.rel or 0.0) * abs(baseline))
-        return diff <= limit
+        # The bound is inclusive; the slack absorbs binary rounding (0.51 - 0.49 > 0.02 in floats).
+        return diff <= limit * (1 + 1e-9) + 1e-12
 
     def describe(self) -> str:
         parts = []

@@ -1,0 +1,180 @@
+"""The CLI end to end against the fake engine: baseline update (diff, dry run, refusal, atomicity,
+interruption), run (pass, fail, stale baseline, markdown) and report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from e2e_helpers import REPO, SPEC_ACCEPT_NUMS, fake_scenario, wait_gone
+
+from e2e.baseline import load_baseline
+
+
+def specgate(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "specgate.cli", *args, "--root", str(tmp_path)]
+        if args[0] != "report"
+        else [sys.executable, "-m", "specgate.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def engine(tmp_path: Path, name: str, **config) -> None:
+    """Rewrite the fake engine's config of scenario `name` (the scenario file stays the same)."""
+    path = tmp_path / f"{name}-engine.json"
+    import json
+
+    path.write_text(json.dumps({"accept_nums": SPEC_ACCEPT_NUMS, "k": 5, **config}))
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Path:
+    return fake_scenario(tmp_path, "hybrid", {"accept_nums": SPEC_ACCEPT_NUMS, "k": 5})
+
+
+def test_update_writes_a_baseline_with_provenance_then_run_passes(
+    tmp_path: Path, scenario: Path
+) -> None:
+    done = specgate(tmp_path, "baseline", "update", "hybrid")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "new baseline for hybrid (2 requests)" in done.stdout
+    baseline = load_baseline(tmp_path / "baselines" / "hybrid.yaml")
+    fields = baseline.requests["hello/stream"]["fields"]
+    assert fields["accepted_tokens_per_head"] == [51, 33, 13, 2, 1, 0]
+    assert fields["rejected_tokens"] == 206 and fields["accepted_tokens"] == 100
+    for key in (
+        "date",
+        "git_commit",
+        "host",
+        "device",
+        "torch",
+        "python",
+        "server_command",
+        "scenario_hash",
+    ):
+        assert baseline.provenance.get(key), key
+    assert "{port}" in baseline.provenance["server_command"]
+
+    run = specgate(tmp_path, "run", "--skip-kernel", "--scenario", "hybrid", "--report", "r.md")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "[PASSED] hybrid" in run.stdout
+    assert (
+        "| hello/stream | accepted_tokens_per_head | [51, 33, 13, 2, 1, 0] |"
+        in (tmp_path / "r.md").read_text()
+    )
+    report = specgate(tmp_path, "report")
+    assert report.returncode == 0 and "[PASSED] hybrid" in report.stdout
+
+
+def test_drift_beyond_tolerance_fails_run_and_dry_run_shows_the_diff(
+    tmp_path: Path, scenario: Path
+) -> None:
+    assert specgate(tmp_path, "baseline", "update", "hybrid").returncode == 0
+    before = (tmp_path / "baselines" / "hybrid.yaml").read_bytes()
+    # 5 steps that accepted 3 tokens now accept 1: heads 1 and 2 drop by 5 (> tolerance 2).
+    drifted = [5, 4] + [3] * 6 + [1] * 5 + [2] * 20 + [1] * 18
+    engine(tmp_path, "hybrid", accept_nums=drifted)
+    run = specgate(tmp_path, "run", "--skip-kernel", "--scenario", "hybrid")
+    assert run.returncode == 1
+    assert "[FAILED] hybrid" in run.stdout
+    assert "FAIL: [1] 28 vs 33, [2] 8 vs 13" in run.stdout
+    assert "FAIL: diff -10" in run.stdout  # accepted_tokens: exact
+
+    dry = specgate(tmp_path, "baseline", "update", "hybrid", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "accepted_tokens_per_head: [51, 33, 13, 2, 1, 0] -> [51, 28, 8, 2, 1, 0]" in dry.stdout
+    assert "accepted_tokens: 100 -> 90 (-10)" in dry.stdout
+    assert "dry run:" in dry.stdout
+    assert (tmp_path / "baselines" / "hybrid.yaml").read_bytes() == before
+
+
+def test_update_refuses_to_write_when_an_invariant_fails(tmp_path: Path, scenario: Path) -> None:
+    assert specgate(tmp_path, "baseline", "update", "hybrid").returncode == 0
+    before = (tmp_path / "baselines" / "hybrid.yaml").read_bytes()
+    engine(tmp_path, "hybrid", corrupt={"accepted_tokens_per_head": [51, 33, 13, 2, 3, 0]})
+    done = specgate(tmp_path, "baseline", "update", "hybrid")
+    assert done.returncode == 1
+    assert "NOT written" in done.stderr
+    assert "per_head_non_increasing" in done.stderr
+    assert (tmp_path / "baselines" / "hybrid.yaml").read_bytes() == before
+
+
+def test_interrupted_update_leaves_the_old_baseline_and_no_server(
+    tmp_path: Path, scenario: Path
+) -> None:
+    assert specgate(tmp_path, "baseline", "update", "hybrid").returncode == 0
+    path = tmp_path / "baselines" / "hybrid.yaml"
+    before = path.read_bytes()
+    engine(tmp_path, "hybrid", delay_s=30, accept_nums=[1, 1])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "specgate.cli",
+            "baseline",
+            "update",
+            "hybrid",
+            "--root",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(4)  # server up, first request in flight
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["hybrid.yaml"]  # no temporary file left
+    assert not wait_gone(str(tmp_path / "hybrid-engine.json"), 5)
+
+
+def test_stale_baseline_fails_with_the_update_command(tmp_path: Path, scenario: Path) -> None:
+    assert specgate(tmp_path, "baseline", "update", "hybrid").returncode == 0
+    data = yaml.safe_load(scenario.read_text())
+    data["request_defaults"]["max_tokens"] = 32
+    scenario.write_text(yaml.safe_dump(data))
+    run = specgate(tmp_path, "run", "--skip-kernel", "--scenario", "hybrid")
+    assert run.returncode == 1
+    assert "stale baseline" in run.stdout
+    assert f"specgate baseline update {scenario.resolve()}" in run.stdout
+
+
+def test_missing_baseline_and_malformed_scenario(tmp_path: Path, scenario: Path) -> None:
+    run = specgate(tmp_path, "run", "--skip-kernel", "--scenario", "hybrid")
+    assert run.returncode == 1 and "no baseline yet" in run.stdout
+    bad = tmp_path / "scenarios" / "broken.yaml"
+    bad.write_text("name: broken\nserver: {url: http://x}\nrequests: []\nbaseline: b.yaml\n")
+    run = specgate(tmp_path, "run", "--skip-kernel", "--scenario", "broken")
+    assert run.returncode == 2
+    assert "broken.yaml: key 'requests': expected a non-empty list" in run.stderr
+
+
+def test_server_url_reuses_a_running_server(tmp_path: Path, scenario: Path) -> None:
+    from e2e.scenario import load_scenario
+    from e2e.server import ServerProcess
+
+    assert specgate(tmp_path, "baseline", "update", "hybrid").returncode == 0
+    with ServerProcess(load_scenario(scenario).server, tmp_path / "logs") as server:
+        run = specgate(
+            tmp_path, "run", "--skip-kernel", "--scenario", "hybrid", "--server-url", server.url
+        )
+    assert run.returncode == 0, run.stdout
+    assert f"server: {server.url}" in run.stdout

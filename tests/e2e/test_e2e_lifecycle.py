@@ -1,0 +1,172 @@
+"""Server lifecycle: fast failure with the log tail, deadlines, and no orphans in any exit path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from e2e_helpers import REPO, processes_with, wait_gone
+
+from e2e.ports import _LOCK_DIR, release_port, reserve_port
+from e2e.scenario import ServerSpec
+from e2e.server import ServerProcess, ServerStartError
+
+
+def _spec(code: str, marker: str, timeout: float = 30.0, health: str = "/health") -> ServerSpec:
+    return ServerSpec(
+        command=("{python}", "-c", code, "{port}", marker),
+        startup_timeout=timeout,
+        health_path=health,
+    )
+
+
+@pytest.fixture
+def marker() -> str:
+    return f"specgate-test-{uuid.uuid4().hex[:12]}"
+
+
+def test_command_that_exits_at_once_fails_fast_with_log_tail(tmp_path: Path, marker: str) -> None:
+    code = "import sys; print('model file not found: /nope', flush=True); sys.exit(3)"
+    server = ServerProcess(_spec(code, marker, timeout=60), tmp_path)
+    started = time.monotonic()
+    with pytest.raises(ServerStartError) as info:
+        server.start()
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert elapsed < 10, (
+        f"a dead process must fail at once, not after the 60 s deadline ({elapsed:.1f} s)"
+    )
+    assert "exited with code 3" in message
+    assert "model file not found: /nope" in message  # the log tail
+    assert marker in message  # the command
+    assert not wait_gone(marker, 5)
+
+
+def test_server_that_never_becomes_healthy_fails_at_the_deadline_and_leaves_no_orphans(
+    tmp_path: Path, marker: str
+) -> None:
+    # A parent that never listens, with a child in the same group and a grandchild that escaped
+    # into its own session: all three must be gone after the failure.
+    code = textwrap.dedent(
+        f"""
+        import subprocess, sys, time
+        child = [sys.executable, "-c", "import time; time.sleep(300)", "{marker}"]
+        subprocess.Popen(child)
+        subprocess.Popen(child, start_new_session=True)
+        print("loading weights...", flush=True)
+        time.sleep(300)
+        """
+    )
+    server = ServerProcess(_spec(code, marker, timeout=3), tmp_path)
+    started = time.monotonic()
+    with pytest.raises(ServerStartError) as info:
+        server.start()
+    elapsed = time.monotonic() - started
+    assert 3 <= elapsed < 15, elapsed
+    assert "did not become healthy" in str(info.value)
+    assert "within 3 s" in str(info.value)
+    assert "loading weights..." in str(info.value)
+    assert not wait_gone(marker, 5), "orphan processes left behind"
+
+
+def test_healthy_server_is_reachable_and_teardown_kills_it(tmp_path: Path, marker: str) -> None:
+    code = "import http.server, sys; http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port=int(sys.argv[1]), bind='127.0.0.1')"
+    spec = _spec(code, marker, health="/")
+    with ServerProcess(spec, tmp_path) as server:
+        assert requests.get(server.url + "/", timeout=5).status_code == 200
+        assert processes_with(marker)
+        port = server.ports[""]
+        assert (_LOCK_DIR / str(port)).exists()
+    assert not wait_gone(marker, 5)
+    assert not (_LOCK_DIR / str(port)).exists(), "port claim not released"
+    assert server.log_path is not None and server.log_path.exists()
+
+
+def test_server_ignoring_sigterm_is_killed_after_grace(tmp_path: Path, marker: str) -> None:
+    code = textwrap.dedent(
+        """
+        import http.server, signal, sys
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port=int(sys.argv[1]), bind='127.0.0.1')
+        """
+    )
+    server = ServerProcess(_spec(code, marker, health="/"), tmp_path, grace_s=1.0)
+    server.start()
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 8
+    assert not wait_gone(marker, 3)
+
+
+HARNESS = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from pathlib import Path
+    from e2e.scenario import ServerSpec
+    from e2e.server import ServerProcess
+    code = "import http.server, sys; http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port=int(sys.argv[1]), bind='127.0.0.1')"
+    spec = ServerSpec(command=("{{python}}", "-c", code, "{{port}}", {marker!r}), health_path="/")
+    with ServerProcess(spec, Path({logs!r})):
+        print("ready", flush=True)
+        time.sleep(300)
+    """
+)
+
+
+def _start_harness(tmp_path: Path, marker: str) -> subprocess.Popen[str]:
+    script = tmp_path / "harness.py"
+    script.write_text(HARNESS.format(repo=str(REPO), marker=marker, logs=str(tmp_path)))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    assert processes_with(marker)
+    return proc
+
+
+def test_ctrl_c_in_the_harness_tears_the_server_down(tmp_path: Path, marker: str) -> None:
+    proc = _start_harness(tmp_path, marker)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    assert not wait_gone(marker, 5)
+
+
+def test_killed_harness_is_cleaned_up_by_the_watchdog(tmp_path: Path, marker: str) -> None:
+    """SIGKILL (or os._exit from pytest-timeout) runs no Python teardown; the watchdog must."""
+    proc = _start_harness(tmp_path, marker)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert not wait_gone(marker, 10), "the watchdog did not kill the orphaned server"
+
+
+def test_reserved_ports_are_distinct_and_released() -> None:
+    ports = [reserve_port() for _ in range(5)]
+    try:
+        assert len(set(ports)) == 5
+        for port in ports:
+            assert (_LOCK_DIR / str(port)).read_text() == str(os.getpid())
+    finally:
+        for port in ports:
+            release_port(port)
+    assert not any((_LOCK_DIR / str(p)).exists() for p in ports)
+
+
+def test_stale_port_claim_of_a_dead_process_is_reclaimed() -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert not psutil.pid_exists(dead.pid) or psutil.Process(dead.pid).status() == "zombie"
+    from e2e import ports as ports_module
+
+    port = ports_module._os_free_port("127.0.0.1")
+    _LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    (_LOCK_DIR / str(port)).write_text(str(dead.pid))
+    assert ports_module._claim(port)
+    release_port(port)
