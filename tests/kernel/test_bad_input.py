@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from refimpl import Batch, make_batch
+from refimpl import Batch, check, make_batch, report
+from refimpl import hybrid_mtp_ngram as oracle
 
 
 def _base() -> Batch:
@@ -98,9 +99,15 @@ def _expect_error(impl, batch: Batch, pattern: str) -> None:
 
 
 @pytest.mark.kernel
-def test_valid_base_batch_is_accepted(impl, kernel_device):
-    batch = _base().to(kernel_device)
-    batch.run(impl.fn)
+def test_valid_base_batch_is_accepted(impl, kernel_device, reproduce, request):
+    """The batch every bad-input case starts from is valid and gives the hand-checked result."""
+    batch = _base()
+    mismatches = check(impl.fn, batch.to(kernel_device))
+    if mismatches:
+        pytest.fail(
+            report(batch, mismatches, impl.name, reproduce(request.node.nodeid)), pytrace=False
+        )
+    batch.run(oracle)
     # row 0: n=2 [2, 3] matches the prompt at 1 -> [4, 5]; row 1: n=1 [4] matches the prompt -> [3]
     assert batch.seq_lens_this_time.tolist() == [3, 3]
     assert batch.draft_tokens[:, :3].tolist() == [[3, 4, 5], [4, 9, 3]]
