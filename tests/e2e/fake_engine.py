@@ -8,7 +8,8 @@ of per-step accept counts with SPEC §2's formulas, so they are consistent unles
 
 Usage: python tests/e2e/fake_engine.py --port PORT --config CONFIG.json
 Config keys: accept_nums (list[int]), k (int), corrupt (field -> value to overwrite),
-diverge_at (int|null), gap (float), delay_s (float), healthy_after_s (float), vllm_k (int).
+diverge_at (int|null), tie_at (int, default diverge_at: where the
+top-2 logprob gap is `gap`), gap (float), delay_s (float), healthy_after_s (float), vllm_k (int), start_log (path).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 CONFIG: dict[str, Any] = {}
 STARTED = time.monotonic()
 COUNTERS = {"drafts": 0, "draft_tokens": 0, "accepted": 0, "per_pos": [0, 0, 0]}
+IN_FLIGHT = {"now": 0, "max": 0}
 LOCK = threading.Lock()
 
 
@@ -53,7 +55,7 @@ def tokens() -> list[str]:
 
 def logprob_items(toks: list[str]) -> list[dict[str, Any]]:
     items = []
-    at, gap = CONFIG.get("diverge_at"), CONFIG.get("gap", 0.5)
+    at, gap = CONFIG.get("tie_at", CONFIG.get("diverge_at")), CONFIG.get("gap", 0.5)
     for i, tok in enumerate(toks):
         other = f" w{i}" if tok.startswith(" alt") else f" alt{i}"
         second = -0.1 - (gap if i == at else 0.5)
@@ -78,6 +80,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/health":
             ready = time.monotonic() - STARTED >= CONFIG.get("healthy_after_s", 0)
             self._json({"ok": ready}, 200 if ready else 503)
+        elif self.path == "/stats":
+            self._json({"max_in_flight": IN_FLIGHT["max"]})
         elif self.path == "/metrics":
             with LOCK:
                 c = dict(COUNTERS)
@@ -104,6 +108,16 @@ class Handler(BaseHTTPRequestHandler):
             self._json({"error": "not found"}, 404)
 
     def do_POST(self) -> None:
+        with LOCK:
+            IN_FLIGHT["now"] += 1
+            IN_FLIGHT["max"] = max(IN_FLIGHT["max"], IN_FLIGHT["now"])
+        try:
+            self._post()
+        finally:
+            with LOCK:
+                IN_FLIGHT["now"] -= 1
+
+    def _post(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         time.sleep(CONFIG.get("delay_s", 0))
         toks = tokens()
@@ -172,6 +186,9 @@ def main() -> None:
     with open(args.config) as handle:
         CONFIG.update(json.load(handle))
     COUNTERS["per_pos"] = [0] * CONFIG.get("vllm_k", 3)
+    if CONFIG.get("start_log"):  # lets tests count how often a server configuration was launched
+        with open(CONFIG["start_log"], "a") as log:
+            log.write(f"{args.port}\n")
     ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
 
 
