@@ -9,7 +9,8 @@ of per-step accept counts with SPEC §2's formulas, so they are consistent unles
 Usage: python tests/e2e/fake_engine.py --port PORT --config CONFIG.json
 Config keys: accept_nums (list[int]), k (int), corrupt (field -> value to overwrite),
 diverge_at (int|null), tie_at (int, default diverge_at: where the
-top-2 logprob gap is `gap`), gap (float), delay_s (float), healthy_after_s (float), vllm_k (int), start_log (path).
+top-2 logprob gap is `gap`), gap (float), delay_s (float), healthy_after_s (float), vllm_k (int), start_log (path),
+gather_n (int: hold every answer until that many requests were in flight at once, max 10 s).
 """
 
 from __future__ import annotations
@@ -120,6 +121,9 @@ class Handler(BaseHTTPRequestHandler):
     def _post(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         time.sleep(CONFIG.get("delay_s", 0))
+        deadline = time.monotonic() + 10  # gather_n: hold answers until that many are in flight
+        while IN_FLIGHT["max"] < CONFIG.get("gather_n", 0) and time.monotonic() < deadline:
+            time.sleep(0.01)
         toks = tokens()
         metrics = speculate_metrics(CONFIG.get("accept_nums", [1, 1, 1]), CONFIG.get("k", 5))
         metrics.update(CONFIG.get("corrupt", {}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import requests
-
 from e2e_helpers import fake_scenario
 
 from e2e.runner import measure
@@ -76,7 +75,7 @@ def test_concurrent_requests_are_all_measured(tmp_path: Path) -> None:
     path = fake_scenario(
         tmp_path,
         "conc",
-        {"accept_nums": [1, 2, 2], "delay_s": 0.5},
+        {"accept_nums": [1, 2, 2], "gather_n": 8},
         concurrency=8,
         matrix=[],
         request_defaults={"max_tokens": 16},
