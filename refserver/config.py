@@ -1,0 +1,133 @@
+"""Engine configuration: FastDeploy's `--speculative-config` JSON and the serving options."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("none", "ngram", "mtp")
+MAX_SPECULATIVE_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """The keys FastDeploy reads from `--speculative-config`.
+
+    `method="mtp"` with `mtp_strategy="with_ngram"` is the hybrid: s MTP drafts, then
+    `hybrid_mtp_ngram` extends them with n-gram tokens up to K = num_speculative_tokens.
+    """
+
+    method: str = "none"
+    num_speculative_tokens: int = 0
+    num_model_steps: int = 1
+    mtp_strategy: str = "default"
+    max_ngram_size: int = 3
+    min_ngram_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"speculative-config method={self.method!r}: expected one of {METHODS}"
+            )
+        if self.mtp_strategy not in ("default", "with_ngram"):
+            raise ValueError(
+                f"speculative-config mtp_strategy={self.mtp_strategy!r}: "
+                "expected 'default' or 'with_ngram'"
+            )
+        for name in (
+            "num_speculative_tokens",
+            "num_model_steps",
+            "max_ngram_size",
+            "min_ngram_size",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"speculative-config {name}={value!r}: expected an integer")
+        if self.method == "none":
+            return
+        K = self.num_speculative_tokens
+        if not 1 <= K <= MAX_SPECULATIVE_TOKENS:
+            raise ValueError(
+                f"speculative-config num_speculative_tokens={K}: "
+                f"expected 1..{MAX_SPECULATIVE_TOKENS} for method {self.method!r}"
+            )
+        if self.method == "mtp" and not 1 <= self.num_model_steps <= K:
+            raise ValueError(
+                f"speculative-config num_model_steps={self.num_model_steps}: "
+                f"expected 1..num_speculative_tokens ({K})"
+            )
+        if self.uses_ngram and not 1 <= self.min_ngram_size <= self.max_ngram_size:
+            raise ValueError(
+                f"speculative-config min_ngram_size={self.min_ngram_size}, "
+                f"max_ngram_size={self.max_ngram_size}: need 1 <= min <= max"
+            )
+
+    @property
+    def K(self) -> int:
+        """Draft width; 0 for no speculation (speculate_metrics then has one head)."""
+        return 0 if self.method == "none" else self.num_speculative_tokens
+
+    @property
+    def mtp_steps(self) -> int:
+        return self.num_model_steps if self.method == "mtp" else 0
+
+    @property
+    def uses_ngram(self) -> bool:
+        return self.method == "ngram" or (
+            self.method == "mtp" and self.mtp_strategy == "with_ngram"
+        )
+
+    @property
+    def label(self) -> str:
+        if self.method == "none":
+            return "none"
+        if self.method == "ngram":
+            return f"ngram K={self.K}"
+        hybrid = "+ngram" if self.uses_ngram else ""
+        return f"mtp{hybrid} K={self.K} s={self.num_model_steps}"
+
+    @classmethod
+    def from_json(cls, text: str | None) -> SpeculativeConfig:
+        if not text:
+            return cls()
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--speculative-config is not valid JSON ({e}): {text!r}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"--speculative-config must be a JSON object, got {text!r}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"--speculative-config has unknown keys {unknown}; known: {sorted(known)}"
+            )
+        if data.get("method") == "ngram" and "num_model_steps" not in data:
+            data["num_model_steps"] = 0
+        if data.get("method") in (None, "none"):
+            data.setdefault("num_speculative_tokens", 0)
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    max_num_seqs: int = 8
+    max_model_len: int = 2048
+    device: str = "cpu"
+    dtype: str = "float32"
+    ngram_impl: str = "auto"  # auto: the op when it is built for the device, else the oracle
+    seed: int = 0
+    mtp_head_path: str | None = None
+    gguf_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs={self.max_num_seqs}: expected >= 1")
+        if not 16 <= self.max_model_len <= 8192:
+            raise ValueError(f"max_model_len={self.max_model_len}: expected 16..8192")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype={self.dtype!r}: expected 'float32' or 'bfloat16'")
+        if self.ngram_impl not in ("auto", "op", "oracle"):
+            raise ValueError(f"ngram_impl={self.ngram_impl!r}: expected 'auto', 'op' or 'oracle'")

@@ -1,0 +1,395 @@
+"""The engine: continuous batching with speculative decoding over a static KV cache.
+
+One engine thread owns the model. Each `step()`:
+
+1. admits waiting requests into free slots and prefills them one by one (the first token is
+   emitted right away; it is a step with accept_num = 1 for SPEC §2);
+2. verifies every running row's draft `[last token, d1..dk]` in ONE batched target forward at
+   per-row positions;
+3. accepts: greedy = longest prefix equal to the argmax + the bonus token; sampling =
+   speculative sampling with point-mass drafts (see `sampling.py`);
+4. rolls the KV cache back, which is free: the cache is indexed by position, rejected
+   positions are simply overwritten by the next forward before anything reads them;
+5. emits the tokens after cutting at EOS, stop strings and max_tokens, and records accept_num;
+6. drafts again for all rows at once: MTP for s tokens, then `hybrid_mtp_ngram` (op or oracle).
+
+Requests come from other threads through `submit()`; results go back through each request's
+`sink` callback, called on the engine thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from refserver.config import EngineConfig
+from refserver.drafting import DraftRow, NgramExtender, resolve_impl
+from refserver.metrics import PrometheusCounters, RequestMetrics
+from refserver.model import Transformer, load_model
+from refserver.mtp import MTPDrafter, MTPInput, load_mtp_drafter
+from refserver.sampling import SamplingParams, target_probs, verify_greedy, verify_sampling
+from refserver.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "SmolLM2-135M-Instruct"
+MAX_TOP_LOGPROBS = 20  # OpenAI's maximum; the API cuts to what the request asked for
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token_id, logprob), best first
+
+
+@dataclass
+class StepOutput:
+    """What one engine step produced for one request (a streaming delta)."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None = None  # "stop" | "length" | "abort" once finished
+    metrics: dict[str, object] | None = None  # speculate_metrics, on the finishing output only
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # cumulative
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    sink: Callable[[StepOutput], None]
+    request_id: str = field(default_factory=lambda: f"req-{next(_request_counter)}")
+    cancelled: bool = False  # set from any thread; the engine frees the slot at its next step
+    arrival: float = field(default_factory=time.monotonic)
+
+
+_request_counter = itertools.count()
+
+
+@dataclass
+class _Sequence:
+    req: Request
+    slot: int
+    metrics: RequestMetrics
+    generator: torch.Generator
+    out_ids: list[int] = field(default_factory=list)
+    kv_len: int = 0  # target KV positions [0, kv_len) are valid
+    drafts: list[int] = field(default_factory=list)
+    text: str = ""
+    text_sent: int = 0
+    finished: bool = False
+
+    @property
+    def last_token(self) -> int:
+        return self.out_ids[-1]
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: Transformer | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        self.config = config
+        self.spec = config.speculative
+        self.device = torch.device(config.device)
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
+        if model is None or tokenizer is None:
+            model, tokenizer = load_model(config.gguf_path, dtype=dtype, device=self.device)
+        self.model, self.tokenizer = model, tokenizer
+        self.K = self.spec.K
+        # Room for the longest sequence plus a full draft (and its padding) beyond it.
+        self.cache = model.new_cache(config.max_num_seqs, config.max_model_len + self.K + 2)
+        self.mtp: MTPDrafter | None = None
+        if self.spec.mtp_steps > 0:
+            self.mtp = load_mtp_drafter(
+                config.mtp_head_path, model, config.max_num_seqs, self.cache.max_len
+            )
+        self.ngram: NgramExtender | None = None
+        if self.spec.uses_ngram:
+            impl, fn = resolve_impl(config.ngram_impl, self.device)
+            self.ngram = NgramExtender(
+                impl, fn, self.K, self.spec.max_ngram_size, self.spec.min_ngram_size, self.device
+            )
+        self.counters = PrometheusCounters(MODEL_NAME, self.K)
+        self._stop_ids = sorted(tokenizer.stop_ids)
+        self._rng = random.Random(config.seed)
+        self._slots: list[_Sequence | None] = [None] * config.max_num_seqs
+        self._waiting: deque[Request] = deque()
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        log.info(
+            "engine: %s, max_num_seqs=%d, max_model_len=%d, %s %s, n-gram impl %s",
+            self.spec.label,
+            config.max_num_seqs,
+            config.max_model_len,
+            config.device,
+            config.dtype,
+            self.ngram.impl if self.ngram else "-",
+        )
+
+    # ---------------------------------------------------------------- threading front end
+
+    def submit(self, request: Request) -> None:
+        with self._lock:
+            self._waiting.append(request)
+            self._lock.notify()
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="refserver-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._running = False
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+        for req in self._drain_all():
+            req.sink(StepOutput([], "", None, finish_reason="abort"))
+
+    @property
+    def num_running(self) -> int:
+        return sum(s is not None for s in self._slots)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting) or self.num_running > 0
+
+    def _drain_all(self) -> list[Request]:
+        with self._lock:
+            reqs = list(self._waiting) + [s.req for s in self._slots if s is not None]
+            self._waiting.clear()
+            self._slots = [None] * len(self._slots)
+        return reqs
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while self._running and not self.has_work():
+                    self._lock.wait()
+                if not self._running:
+                    return
+            try:
+                self.step()
+            except Exception:  # a bug must not hang every client: fail the batch, keep serving
+                log.exception("engine step failed; aborting the running requests")
+                for s in self._slots:
+                    if s is not None:
+                        s.req.sink(StepOutput([], "", None, finish_reason="abort"))
+                self._slots = [None] * len(self._slots)
+
+    def generate(self, requests: Sequence[Request]) -> None:
+        """Run `requests` to completion on the calling thread (tests, benchmarks, offline use)."""
+        for r in requests:
+            self.submit(r)
+        while self.has_work():
+            self.step()
+
+    # ---------------------------------------------------------------- one engine step
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        for i, s in enumerate(self._slots):
+            if s is not None and s.req.cancelled:
+                log.info("%s cancelled; slot %d freed", s.req.request_id, i)
+                self._slots[i] = None
+        to_draft: list[tuple[_Sequence, MTPInput]] = []
+        to_draft += self._verify([s for s in self._slots if s is not None])
+        to_draft += self._admit()
+        if to_draft:
+            self._draft(to_draft)
+        self.counters.running, self.counters.waiting = self.num_running, self.num_waiting
+
+    def _admit(self) -> list[tuple[_Sequence, MTPInput]]:
+        admitted = []
+        while True:
+            with self._lock:
+                free = [i for i, s in enumerate(self._slots) if s is None]
+                if not free or not self._waiting:
+                    return admitted
+                req = self._waiting.popleft()
+            if req.cancelled:
+                continue
+            seed = req.params.seed if req.params.seed is not None else self._rng.getrandbits(63)
+            seq = _Sequence(
+                req=req,
+                slot=free[0],
+                metrics=RequestMetrics(self.K),
+                generator=torch.Generator().manual_seed(seed),
+            )
+            self._slots[seq.slot] = seq
+            item = self._prefill(seq)
+            if item is not None:
+                admitted.append(item)
+
+    def _prefill(self, seq: _Sequence) -> tuple[_Sequence, MTPInput] | None:
+        ids = seq.req.prompt_ids
+        tokens = torch.tensor([ids], device=self.device)
+        positions = torch.arange(len(ids), device=self.device)[None]
+        slots = torch.tensor([seq.slot], device=self.device)
+        hidden = self.model(tokens, positions, self.cache, slots)
+        logits = self.model.logits(hidden[:, -1:])[0]  # [1, V]
+        seq.kv_len = len(ids)
+        self.counters.record_tokens(prompt=len(ids))
+        _, emitted = self._accept(seq, logits, [])
+        self._emit(seq, emitted, logits, num_drafts=0)
+        if seq.finished:
+            return None
+        return seq, MTPInput(seq.slot, hidden[0], [*ids[1:], seq.last_token], 0)
+
+    def _verify(self, rows: list[_Sequence]) -> list[tuple[_Sequence, MTPInput]]:
+        if not rows:
+            return []
+        T = 1 + max(len(s.drafts) for s in rows)
+        tokens = torch.zeros((len(rows), T), dtype=torch.long)
+        positions = torch.zeros((len(rows), T), dtype=torch.long)
+        for b, s in enumerate(rows):
+            inp = [s.last_token, *s.drafts]
+            tokens[b, : len(inp)] = torch.tensor(inp)
+            # Padding continues the row's positions: it writes KV beyond the row's real tokens,
+            # which no real query reads and the next step overwrites.
+            positions[b] = torch.arange(s.kv_len, s.kv_len + T)
+        slots = torch.tensor([s.slot for s in rows])
+        dev = self.device
+        hidden = self.model(tokens.to(dev), positions.to(dev), self.cache, slots.to(dev))
+        logits = self.model.logits(hidden)  # [B, T, V] float32
+        out = []
+        for b, s in enumerate(rows):
+            n = 1 + len(s.drafts)
+            accepted, emitted = self._accept(s, logits[b, :n], s.drafts)
+            start = s.kv_len
+            s.kv_len += accepted + 1  # last token + accepted drafts are now valid in the cache
+            num_drafts, s.drafts = len(s.drafts), []
+            self._emit(s, emitted, logits[b, :n], num_drafts)
+            if not s.finished:
+                out.append((s, MTPInput(s.slot, hidden[b, : accepted + 1], emitted, start)))
+        return out
+
+    def _accept(self, seq: _Sequence, logits: Tensor, drafts: list[int]) -> tuple[int, list[int]]:
+        """(accepted drafts, emitted tokens) for logits [len(drafts)+1, V] of one row."""
+        p = seq.req.params
+        short = p.min_tokens - len(seq.out_ids)  # positions that must not end the sequence
+        if short > 0:
+            logits = logits.clone()
+            logits[:short, self._stop_ids] = float("-inf")
+        if p.greedy:
+            return verify_greedy(logits.argmax(-1).tolist(), drafts)
+        probs = target_probs(logits, p.temperature, p.top_p).cpu()
+        return verify_sampling(probs, drafts, seq.generator)
+
+    def _emit(self, seq: _Sequence, emitted: list[int], logits: Tensor, num_drafts: int) -> None:
+        """Cut `emitted` at EOS / stop strings / max_tokens, record the step, send the delta."""
+        p, tok = seq.req.params, self.tokenizer
+        kept: list[int] = []
+        finish: str | None = None
+        for t in emitted:
+            kept.append(t)
+            seq.out_ids.append(t)
+            if t in tok.stop_ids and len(seq.out_ids) > p.min_tokens:
+                finish = "stop"
+                break
+            if p.stop:  # decode per token: the token that completes a stop string is the last
+                text = tok.decode(seq.out_ids)
+                cut = _find_stop(text, p.stop, len(seq.text))
+                seq.text = text if cut is None else text[:cut]
+                if cut is not None:
+                    finish = "stop"
+                    break
+            if len(seq.out_ids) >= p.max_tokens:
+                finish = "length"
+                break
+        if not p.stop:
+            seq.text = tok.decode(seq.out_ids)
+        seq.metrics.record(len(kept))
+        self.counters.record_verify(num_drafts, len(kept))
+        self.counters.record_tokens(generated=len(kept))
+
+        logprobs = self._logprobs(logits[: len(kept)], kept) if p.logprobs else None
+        seq.finished = finish is not None
+        # Hold back text that may still change: a trailing partial UTF-8 character, and a
+        # possible prefix of a stop string (it must not reach the client if the stop completes).
+        sendable = seq.text
+        if not seq.finished:
+            sendable = sendable.rstrip("\ufffd")
+            hold = max((len(s) for s in p.stop), default=1) - 1
+            if hold:
+                sendable = sendable[: max(len(sendable) - hold, seq.text_sent)]
+        delta, seq.text_sent = sendable[seq.text_sent :], max(len(sendable), seq.text_sent)
+        out = StepOutput(
+            token_ids=kept,
+            text=delta,
+            logprobs=logprobs,
+            finish_reason=finish,
+            metrics=seq.metrics.to_dict() if seq.finished else None,
+            prompt_tokens=len(seq.req.prompt_ids),
+            completion_tokens=len(seq.out_ids),
+        )
+        if seq.finished:
+            self._slots[seq.slot] = None
+            self.counters.record_tokens(finished=1)
+        seq.req.sink(out)
+
+    def _logprobs(self, logits: Tensor, tokens: list[int]) -> list[TokenLogprob]:
+        """Log-probabilities of the raw target distribution (before temperature / top-p)."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        top_v, top_i = logp.topk(MAX_TOP_LOGPROBS, dim=-1)
+        chosen = logp[torch.arange(len(tokens)), torch.tensor(tokens, device=logp.device)]
+        out = []
+        for j, t in enumerate(tokens):
+            top = tuple(zip(top_i[j].tolist(), top_v[j].tolist(), strict=True))
+            out.append(TokenLogprob(t, float(chosen[j]), top))
+        return out
+
+    def _draft(self, items: list[tuple[_Sequence, MTPInput]]) -> None:
+        """Next drafts for every row that goes on: MTP first, then the n-gram extension."""
+        if self.K == 0:
+            return
+        seqs = [s for s, _ in items]
+        mtp_drafts: list[list[int]] = [[] for _ in seqs]
+        if self.mtp is not None:
+            mtp_drafts = self.mtp.draft([inp for _, inp in items], self.spec.mtp_steps)
+        if self.ngram is not None:
+            rows = [
+                DraftRow(
+                    prompt=s.req.prompt_ids,
+                    generated=s.out_ids,
+                    mtp_drafts=d,
+                    max_tokens=s.req.params.max_tokens,
+                    kv_len=s.kv_len,
+                )
+                for s, d in zip(seqs, mtp_drafts, strict=True)
+            ]
+            mtp_drafts = self.ngram.extend(rows)
+        for s, d in zip(seqs, mtp_drafts, strict=True):
+            # Drafts past max_tokens could never be emitted; verifying them is wasted work.
+            room = s.req.params.max_tokens - len(s.out_ids) - 1
+            s.drafts = list(d[: min(self.K, max(room, 0))])
+
+
+def _find_stop(text: str, stops: Sequence[str], searched_upto: int) -> int | None:
+    """Index where the earliest stop string starts, searching only text that is new."""
+    best = None
+    for stop in stops:
+        i = text.find(stop, max(0, searched_upto - len(stop) + 1))
+        if i != -1 and (best is None or i < best):
+            best = i
+    return best
