@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -104,17 +105,15 @@ class ServerSpec:
         program = self.command[0]
         if not _PLACEHOLDER.fullmatch(program) and shutil.which(program) is None:
             return f"command {program!r} is not installed (not found on PATH)"
+        for module in self.requires_modules:
+            if importlib.util.find_spec(module) is None:
+                return f"Python module {module!r} is not installed"
         texts = [*self.command, *self.env.values(), self.metrics_url or ""]
         for text in texts:
             for match in _PLACEHOLDER.finditer(text):
                 name = match.group(1)
                 if name.startswith("env:") and name[4:] not in os.environ:
                     return f"environment variable {name[4:]} is not set"
-        for module in self.requires_modules:
-            import importlib.util
-
-            if importlib.util.find_spec(module) is None:
-                return f"Python module {module!r} is not installed"
         return None
 
     def port_names(self) -> list[str]:
@@ -186,7 +185,8 @@ class Scenario:
         for role, spec in self.servers.items():
             reason = spec.skip_reason()
             if reason:
-                return f"{self.name}: {role} server cannot run here: {reason}"
+                who = "the server" if role == "server" else f"the {role} server"
+                return f"{self.name}: {who} cannot run here: {reason}"
         return None
 
 

@@ -3,7 +3,8 @@ hashing behave as documented."""
 
 from __future__ import annotations
 
-import os
+import importlib.util
+import shutil
 from pathlib import Path
 
 import pytest
@@ -210,7 +211,42 @@ def test_resolve_by_name_stem_or_path(tmp_path: Path) -> None:
 
 def test_every_committed_scenario_loads() -> None:
     folder = Path(__file__).resolve().parents[2] / "scenarios"
-    for path in resolve_scenarios([], folder):
+    paths = resolve_scenarios([], folder)
+    assert len(paths) >= 8
+    for path in paths:
         scenario = load_scenario(path)
         assert scenario.requests, path
-        assert os.path.basename(path).endswith(".yaml")
+        if scenario.kind == "metrics":
+            assert scenario.speculative_tokens, path  # K known, so per_head_length is checked
+
+
+@pytest.mark.skipif(shutil.which("vllm") is not None, reason="vllm is installed here")
+def test_real_engine_examples_skip_with_a_clear_reason_when_not_installed() -> None:
+    folder = Path(__file__).resolve().parents[2] / "scenarios" / "examples"
+    vllm = load_scenario(folder / "vllm-ngram.yaml")
+    assert vllm.skip_reason() == (
+        "vllm-ngram: the server cannot run here: command 'vllm' is not installed (not found on PATH)"
+    )
+    fastdeploy = load_scenario(folder / "fastdeploy-ernie-21b-hybrid.yaml")
+    if importlib.util.find_spec("fastdeploy") is None:
+        assert "Python module 'fastdeploy' is not installed" in fastdeploy.skip_reason()
+    command = " ".join(fastdeploy.server.command)
+    for flag in (
+        "--max-num-seqs 8",
+        "--max-model-len 4096",
+        "--enable-logprob",
+        "wint4",
+        "--enable-overlap-schedule",
+        '"num_speculative_tokens":5',
+        '"num_model_steps":3',
+        '"mtp_strategy":"with_ngram"',
+        '"max_ngram_size":3',
+        '"min_ngram_size":1',
+    ):
+        assert flag in command
+    assert {k: (t.abs, t.rel) for k, t in fastdeploy.tolerances.items()} == {
+        "accept_ratio": (0.02, None),
+        "average_accept_length": (0.1, None),
+        "accepted_tokens_per_head": (2.0, None),
+        "accept_ratio_per_head": (0.05, None),
+    }
