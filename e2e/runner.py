@@ -169,8 +169,13 @@ def build_baseline(
 
 
 def compare_with_baseline(
-    scenario: Scenario, outcomes: list[RequestOutcome], baseline: Baseline
+    scenario: Scenario,
+    outcomes: list[RequestOutcome],
+    baseline: Baseline,
+    only_measured: bool = False,
 ) -> list[Row]:
+    """Rows for every measured request; with only_measured, baseline requests that were not
+    measured (a deliberate subset) are left out instead of failing."""
     rows: list[Row] = []
     measured_ids = {o.request_id for o in outcomes}
     for outcome in outcomes:
@@ -196,7 +201,7 @@ def compare_with_baseline(
             )
         )
     for rid in baseline.requests:
-        if rid not in measured_ids:
+        if rid not in measured_ids and not only_measured:
             rows.append(Row(rid, "*", "in baseline", MISSING, "-", False, "request not measured"))
     return rows
 
@@ -257,11 +262,11 @@ def _run_metrics(scenario: Scenario, pool: ServerPool, result: ScenarioResult) -
 
 
 def _run_lossless(scenario: Scenario, pool: ServerPool, result: ScenarioResult) -> None:
-    reference = pool.endpoint(
-        scenario.servers["reference"], "reference", name=f"{scenario.name}-reference"
-    )
-    candidate = pool.endpoint(
-        scenario.servers["candidate"], "candidate", name=f"{scenario.name}-candidate"
+    reference, candidate = pool.endpoints(
+        [
+            (scenario.servers[role], role, f"{scenario.name}-{role}")
+            for role in ("reference", "candidate")
+        ]
     )
     result.server = (
         f"reference: {reference.command or reference.url}\n"

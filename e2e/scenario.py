@@ -81,6 +81,7 @@ class ServerSpec:
     startup_timeout: float = 300.0
     metrics_url: str | None = None
     requires_modules: tuple[str, ...] = ()
+    cwd: str | None = None  # working directory of the command (absolute once loaded)
 
     def key(self) -> str:
         """Identity used to share one launched server between scenarios with the same config."""
@@ -91,6 +92,7 @@ class ServerSpec:
                 "env": self.env,
                 "health_path": self.health_path,
                 "metrics_url": self.metrics_url,
+                "cwd": self.cwd,
             },
             sort_keys=True,
         )
@@ -420,6 +422,7 @@ def _read_server(reader: _Reader) -> ServerSpec:
             "startup_timeout",
             "metrics_url",
             "requires_modules",
+            "cwd",
         ]
     )
     data = reader.mapping()
@@ -450,6 +453,12 @@ def _read_server(reader: _Reader) -> ServerSpec:
     if not health_path.startswith("/"):
         raise reader.error("health_path", "a path starting with '/'", health_path)
     modules = reader.get("requires_modules", list, [])
+    cwd = reader.get("cwd", str, None)
+    if cwd is not None:
+        cwd_path = (reader.path.parent / cwd).resolve()
+        if not cwd_path.is_dir():
+            raise reader.error("cwd", "a folder, relative to the scenario file", cwd)
+        cwd = str(cwd_path)
     return ServerSpec(
         command=command,
         url=url.rstrip("/") if url else None,
@@ -458,6 +467,7 @@ def _read_server(reader: _Reader) -> ServerSpec:
         startup_timeout=float(reader.positive_number("startup_timeout", 300.0)),
         metrics_url=reader.get("metrics_url", str, None),
         requires_modules=tuple(str(m) for m in modules),
+        cwd=cwd,
     )
 
 

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                cwd=self.spec.cwd,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -267,6 +269,19 @@ class ServerPool:
                 raise
             self._servers[key] = server
         return self._servers[key].endpoint()
+
+    def endpoints(self, wanted: list[tuple[ServerSpec, str, str]]) -> list[Endpoint]:
+        """Several (spec, role, name) at once, launched in parallel: on CPU, model loading
+        dominates a lossless scenario's time. An interrupt does not wait for the launches; a
+        server that comes up after close() is killed by its watchdog when this process exits."""
+        if len({spec.key() for spec, _, _ in wanted}) < len(wanted):
+            return [self.endpoint(*w) for w in wanted]
+        executor = ThreadPoolExecutor(max_workers=len(wanted))
+        try:
+            futures = [executor.submit(self.endpoint, *w) for w in wanted]
+            return [f.result() for f in futures]
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def server_for(self, spec: ServerSpec) -> ServerProcess | None:
         return self._servers.get(spec.key())
