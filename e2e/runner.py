@@ -211,18 +211,28 @@ def _server_context(pool: ServerPool, scenario: Scenario, role: str) -> str:
     return "\n" + server.failure_context() if server else ""
 
 
+def _skip_reason(scenario: Scenario, pool: ServerPool) -> str | None:
+    """Why a server this run would launch cannot run here. With --server-url only a lossless
+    scenario's reference is launched (the candidate is the running server)."""
+    if pool.override_url is None:
+        return scenario.skip_reason()
+    if scenario.kind == "lossless":
+        reason = scenario.servers["reference"].skip_reason()
+        return (
+            f"{scenario.name}: the reference server cannot run here: {reason}" if reason else None
+        )
+    return None
+
+
 def run_scenario(scenario: Scenario, pool: ServerPool) -> ScenarioResult:
     started = time.monotonic()
     result = ScenarioResult(scenario.name, str(scenario.path), scenario.kind, "passed")
-    reason = None if pool.override_url else scenario.skip_reason()
-    if reason and scenario.kind == "metrics":
+    reason = _skip_reason(scenario, pool)
+    if reason:
         result.status, result.messages = "skipped", [reason]
         return result
     try:
         if scenario.kind == "lossless":
-            if reason and pool.override_url is None:
-                result.status, result.messages = "skipped", [reason]
-                return result
             _run_lossless(scenario, pool, result)
         else:
             _run_metrics(scenario, pool, result)
@@ -241,8 +251,9 @@ def _run_metrics(scenario: Scenario, pool: ServerPool, result: ScenarioResult) -
     errors = [o for o in outcomes if o.error]
     for o in errors:
         result.messages.append(f"request {o.request_id}: {o.error}")
-    if errors:
-        result.messages.append(_server_context(pool, scenario, "server").strip())
+    context = _server_context(pool, scenario, "server").strip() if errors else ""
+    if context:
+        result.messages.append(context)
     for o in outcomes:
         result.messages.extend(
             f"invariant failed for {o.request_id}: {m}" for m in o.invariant_failures
