@@ -38,9 +38,36 @@ class Acceptance:
         }
 
 
-@torch.no_grad()
 def acceptance(head: MTPHead, samples: list[Sample], steps: int = 3) -> Acceptance:
     """Greedy-draft acceptance over the answer positions of `samples` (greedy target answers)."""
+    prefix, live = _counts(head, samples, steps)
+    return _summarise(prefix.sum(0).tolist(), int(live.sum()))
+
+
+def acceptance_by_group(
+    head: MTPHead, samples: list[Sample], groups: list[str], steps: int = 3
+) -> dict[str, Acceptance]:
+    """`acceptance` for all samples ("all") and per group label, from one drafting pass."""
+    prefix, live = _counts(head, samples, steps)
+    out = {"all": _summarise(prefix.sum(0).tolist(), int(live.sum()))}
+    for g in sorted(set(groups)):
+        rows = torch.tensor([i for i, x in enumerate(groups) if x == g], device=prefix.device)
+        out[g] = _summarise(prefix[rows].sum(0).tolist(), int(live[rows].sum()))
+    return out
+
+
+def _summarise(cp: list[int], total: int) -> Acceptance:
+    if total == 0:
+        raise ValueError("no answer positions to evaluate (answers shorter than 3 tokens?)")
+    accept = [c / total for c in cp]
+    steps = len(cp)
+    cond = [cp[0] / total] + [cp[k] / cp[k - 1] if cp[k - 1] else 0.0 for k in range(1, steps)]
+    return Acceptance(total, accept, cond, sum(cp) / total)
+
+
+@torch.no_grad()
+def _counts(head: MTPHead, samples: list[Sample], steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: how often drafts 1..k were all right [B, steps], and the positions [B]."""
     device = head.proj.weight.device
     B = len(samples)
     n = torch.tensor([len(s.tokens) for s in samples], device=device)
@@ -59,8 +86,8 @@ def acceptance(head: MTPHead, samples: list[Sample], steps: int = 3) -> Acceptan
     head.fill(hidden[:, : P - 1], tokens[:, 1:P], pos, cache, slots)
 
     rows = torch.arange(B, device=device)
-    correct_prefix = torch.zeros(steps, dtype=torch.long, device=device)  # all of 1..k correct
-    total = 0
+    correct_prefix = torch.zeros(B, steps, dtype=torch.long, device=device)  # 1..k all correct
+    total = torch.zeros(B, dtype=torch.long, device=device)
     # t runs over answer positions: prompt_len - 1 .. n - 3 (x_{t+2} must exist).
     for j in range(int((n - p).max()) - 1):
         t = p - 1 + j
@@ -75,9 +102,6 @@ def acceptance(head: MTPHead, samples: list[Sample], steps: int = 3) -> Acceptan
         exists = idx <= (n - 1)[:, None]
         ok = (drafts == truth) & exists
         prefix = ok.long().cumprod(dim=1).bool() & live[:, None]
-        correct_prefix += prefix.sum(0)
-        total += int(live.sum())
-    cp = correct_prefix.tolist()
-    accept = [c / total for c in cp]
-    cond = [cp[0] / total] + [cp[k] / cp[k - 1] if cp[k - 1] else 0.0 for k in range(1, steps)]
-    return Acceptance(total, accept, cond, sum(cp) / total)
+        correct_prefix += prefix.long()
+        total += live.long()
+    return correct_prefix, total

@@ -23,9 +23,9 @@ import torch
 
 from refserver.model import load_model
 from refserver.mtp_head import MTPHead
-from refserver.train.evaluate import acceptance
-from refserver.train.generate import GenConfig, generate
-from refserver.train.prompts import HELDOUT_PATH
+from refserver.train.evaluate import acceptance, acceptance_by_group
+from refserver.train.generate import GenConfig, Sample, generate
+from refserver.train.prompts import HELDOUT_PATH, derived_prompts
 from refserver.train.train_head import TrainConfig, evaluate_loss, pack, train
 
 log = logging.getLogger("refserver.train.pipeline")
@@ -37,6 +37,16 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _tokenize(tok, prompts: list[dict]) -> list[list[int]]:
     return [tok.encode(tok.apply_chat_template(p["messages"])) for p in prompts]
+
+
+def _derived_ids(tok, samples: list[Sample], kinds: list[str], max_prompt_tokens: int,
+                 banned: set[tuple[int, ...]], seed: int) -> list[list[int]]:
+    """Token ids of the derived prompts built from `samples`' answers (kinds[s.index] is the
+    kind of the prompt each answered)."""
+    answers = [(kinds[s.index], tok.decode(s.tokens[s.prompt_len :].tolist())) for s in samples]
+    derived = derived_prompts(answers, seed=seed)
+    ids = [x for x in _tokenize(tok, derived) if len(x) <= max_prompt_tokens]
+    return [x for x in ids if tuple(x) not in banned]
 
 
 def main() -> None:
@@ -51,7 +61,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=768)
     ap.add_argument("--max-new", type=int, default=320)
     ap.add_argument("--sample-fraction", type=float, default=0.25, help="in the first pass")
-    ap.add_argument("--gen-passes", type=int, default=2)
+    ap.add_argument("--gen-passes", type=int, default=3)
     ap.add_argument("--gen-budget", type=float, default=150.0, help="seconds")
     ap.add_argument("--train-budget", type=float, default=240.0, help="seconds")
     ap.add_argument("--rows", type=int, default=16)
@@ -65,7 +75,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test sizes")
     args = ap.parse_args()
     if args.tiny:
-        args.max_prompts, args.batch, args.max_new, args.gen_passes = 6, 6, 12, 2
+        args.max_prompts, args.batch, args.max_new, args.gen_passes = 6, 6, 60, 3
         args.gen_budget, args.train_budget, args.rows, args.row_len = 60, 4, 2, 512
         args.eval_max_new = 10
 
@@ -98,23 +108,39 @@ def main() -> None:
              len(train_ids), len(keep), args.max_prompt_tokens)
     train_ids = [train_ids[i] for i in keep]
 
-    # Pass 1 answers every prompt (mostly greedy); later passes answer them again, sampled, for
-    # more varied text, as long as the generation budget lasts.
+    # Pass 0 answers every prompt (mostly greedy). Pass 1 answers "derived" prompts built from
+    # pass 0's own answers (edit this paragraph / this code), for general-English rewriting
+    # data. Later passes answer the original prompts again, sampled, while the budget lasts.
     t0 = time.monotonic()
-    samples = []
+    samples: list[Sample] = []
     gcfgs = []
+    derived_count = 0
+    kinds_by_pass: list[str] = []
     for gen_pass in range(args.gen_passes):
         left = args.gen_budget - (time.monotonic() - t0)
         if left <= 0:
             break
+        if gen_pass == 1:
+            ids = _derived_ids(tok, samples, [train_prompts[i]["kind"] for i in keep],
+                               args.max_prompt_tokens, banned, args.seed)
+            derived_count = len(ids)
+        else:
+            order = list(range(len(train_ids)))
+            random.Random(args.seed + gen_pass).shuffle(order)
+            ids = [train_ids[i] for i in order]
         gcfg = GenConfig(batch_size=args.batch, max_new_tokens=args.max_new,
-                         sample_fraction=args.sample_fraction if gen_pass == 0 else 1.0,
-                         temperature=0.8 if gen_pass == 0 else 1.0,
+                         sample_fraction=args.sample_fraction if gen_pass < 2 else 1.0,
+                         temperature=0.8 if gen_pass < 2 else 0.9,
                          seed=args.seed + gen_pass, time_budget_s=left)
         gcfgs.append(asdict(gcfg))
-        order = list(range(len(train_ids)))
-        random.Random(args.seed + gen_pass).shuffle(order)
-        samples += generate(target, [train_ids[i] for i in order], stop_ids, gcfg)
+        if gen_pass == 0:
+            # keep[] maps pass-0 indices back to train_prompts (for the derived prompts' kinds)
+            keep = [keep[i] for i in order]
+        new = generate(target, ids, stop_ids, gcfg)
+        kinds_by_pass.append(f"pass {gen_pass}: {len(ids)} prompts, {len(new)} answered, "
+                             f"{sum(len(x.tokens) - x.prompt_len for x in new)} answer tokens")
+        log.info(kinds_by_pass[-1])
+        samples += new
     gen_s = time.monotonic() - t0
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -125,6 +151,8 @@ def main() -> None:
         "greedy_samples": sum(s.greedy for s in samples),
         "prompt_tokens": n_prompt,
         "answer_tokens": n_answer,
+        "derived_prompts": derived_count,
+        "passes": kinds_by_pass,
         "generation_seconds": round(gen_s, 1),
         "answer_tokens_per_second": round(n_answer / gen_s, 1),
     }
@@ -160,16 +188,13 @@ def main() -> None:
     held = generate(target, heldout_ids, stop_ids,
                     GenConfig(batch_size=len(heldout_ids), max_new_tokens=args.eval_max_new))
     kinds = [h["kind"] for h in heldout]
-    acc_all = acceptance(head, held, steps=args.eval_steps)
-    per_kind = {
-        k: acceptance(head, [s for s, kk in zip(held, kinds, strict=True) if kk == k],
-                      steps=args.eval_steps).as_dict()
-        for k in sorted(set(kinds))
-    }
+    by_kind = acceptance_by_group(head, held, kinds, steps=args.eval_steps)
+    acc_all = by_kind.pop("all")
+    per_kind = {k: v.as_dict() for k, v in by_kind.items()}
     held_packed = pack(held, max(len(s.tokens) for s in held), device)
     held_kl, held_agree = evaluate_loss(head.placed_like(target, torch.float32), target,
                                         held_packed, replace(tcfg, rows_per_batch=8))
-    val_greedy = [s for s in val_samples if s.greedy][:64]
+    val_greedy = [s for s in val_samples if s.greedy][:48]
     acc_val = acceptance(head.placed_like(target), val_greedy, steps=args.eval_steps) \
         if val_greedy else None
     log.info("held-out acceptance: %s", acc_all.as_dict())

@@ -599,6 +599,49 @@ def build_prompts(
     return result
 
 
+DERIVED_TEXT_TASKS = [
+    "Rewrite the paragraph below using simpler words:",
+    "Summarise this passage in two or three sentences:",
+    "Please correct the spelling in the following text and output only the fixed text:",
+    "Turn the following text into a short bulleted list:",
+    "Rewrite this text in a formal, professional tone:",
+    "Rewrite this text in a casual, friendly tone:",
+    "Cut this text down to about half its length:",
+    "Edit this text for grammar and clarity, and give back the edited version:",
+    "Rewrite this text so that every sentence is short:",
+    "Give this paragraph a title, then repeat the paragraph unchanged:",
+    "Rewrite the text below for a ten-year-old reader:",
+    "Proofread the passage and return it with the mistakes fixed:",
+]
+
+
+def derived_prompts(answers: list[tuple[str, str]], seed: int = 0) -> list[dict[str, object]]:
+    """Second-round prompts whose payload is the target's own earlier answers: text edits on
+    its paragraphs and code tasks on its code blocks. `answers` holds (kind, answer text)."""
+    rng = random.Random(seed)
+    out: list[tuple[str, str]] = []
+    for _kind, text in answers:
+        code = re.findall(r"```(?:python)?\n(.*?)```", text, flags=re.S)
+        code = [c.strip("\n") for c in code if 80 <= len(c) <= 900]
+        if code:
+            out.append(("derived-code",
+                        f"{rng.choice(CODE_TASKS)}\n\n```python\n{rng.choice(code)}\n```"))
+            continue
+        paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+        paras = [p for p in paras if 150 <= len(p) <= 900 and "```" not in p]
+        if paras:
+            para = rng.choice(paras)
+            task = rng.choice(DERIVED_TEXT_TASKS)
+            if "spelling" in task or "mistakes" in task:
+                para = _typos(para, rng, rate=0.08)
+            out.append(("derived-text", f"{task}\n\n{para}"))
+    kept, dropped = exclude_heldout(out, load_heldout())
+    log.info("derived prompts: %d kept, %d dropped for overlapping held-out prompts", len(kept),
+             dropped)
+    return [{"id": f"derived-{i}", "kind": k, "messages": [{"role": "user", "content": p}]}
+            for i, (k, p) in enumerate(kept)]
+
+
 def load_heldout(path: Path = HELDOUT_PATH) -> list[str]:
     """The user contents of the held-out prompts."""
     texts = []

@@ -164,21 +164,21 @@ class _ChunkedKL(torch.autograd.Function):
 
 def batch_loss(
     head: MTPHead, target: Transformer, b: Packed, cfg: TrainConfig
-) -> tuple[Tensor, list[float], list[float]]:
-    """Weighted sum over chained steps of the mean KL; also per-step mean KL and top-1 agreement."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted sum over chained steps of the mean KL; also per-step mean KL and top-1 agreement
+    as device tensors [steps] (reading them forces a host sync: do it only when logging)."""
     outs = head.chained_forward(b.hidden, b.tokens, b.positions, b.doc, cfg.chain_steps)
     W = target.output.weight
-    total = torch.zeros((), device=b.tokens.device)
-    kls, agrees = [], []
+    dev = b.tokens.device
+    total = torch.zeros((), device=dev)
+    kls = torch.full((cfg.chain_steps,), float("nan"), device=dev)
+    agrees = torch.full((cfg.chain_steps,), float("nan"), device=dev)
     for k, g in enumerate(outs, start=1):
         valid = (b.doc >= 0) & (_shift(b.doc, k, -2) == b.doc) & _shift(b.has_hidden, k, False)
         answer = _shift(b.is_answer, k + 1, False)
         w = valid.float() * torch.where(answer, 1.0, cfg.prompt_weight)
-        sel = w > 0
-        n = int(sel.sum())
-        if n == 0:
-            kls.append(float("nan"))
-            agrees.append(float("nan"))
+        sel = (w > 0).nonzero(as_tuple=True)
+        if sel[0].numel() == 0:
             continue
         with torch.no_grad():
             t = target.norm(_shift(b.hidden, k, 0.0)[sel])
@@ -187,8 +187,8 @@ def batch_loss(
         kl, agree = _ChunkedKL.apply(s, t, wsel, W, cfg.loss_chunk)
         kl = kl / wsel.sum()
         total = total + cfg.step_weights[k - 1] * kl
-        kls.append(float(kl.detach()))
-        agrees.append(float(agree) / n)
+        kls[k - 1] = kl.detach()
+        agrees[k - 1] = agree.float() / sel[0].numel()
     return total, kls, agrees
 
 
@@ -225,8 +225,8 @@ def evaluate_loss(
         with _autocast(b.tokens.device):
             _, kls, ags = batch_loss(head, target, b, cfg)
         for k in range(cfg.chain_steps):
-            sums_kl[k] += kls[k]
-            sums_ag[k] += ags[k]
+            sums_kl[k] += float(kls[k])
+            sums_ag[k] += float(ags[k])
         batches += 1
     head.train(was_training)
     return [x / batches for x in sums_kl], [x / batches for x in sums_ag]
@@ -250,6 +250,7 @@ def train(
     total_steps = cfg.max_steps
     t0 = time.monotonic()
     step = 0
+    seen = torch.zeros((), dtype=torch.long, device=device)
     while step < total_steps:
         if step == 20:
             # Fit the cosine schedule to the time budget, from the measured step time.
@@ -272,8 +273,9 @@ def train(
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
-        hist.tokens_seen += int((b.doc >= 0).sum())
+        seen = seen + (b.doc >= 0).sum()
         if step % cfg.log_every == 0 or step == 1:
+            kls, ags = kls.tolist(), ags.tolist()
             hist.train.append({"step": step, "kl": kls, "agree": ags, "lr": _lr(step, total_steps, cfg)})
             log.info("step %d  kl %s  agree %s  lr %.2e  %.0fs", step,
                      [round(x, 3) for x in kls], [round(x, 3) for x in ags],
@@ -285,6 +287,7 @@ def train(
                      [round(x, 3) for x in va])
     hist.steps = step
     hist.seconds = time.monotonic() - t0
+    hist.tokens_seen = int(seen)
     if val is not None and (not hist.val or hist.val[-1]["step"] != step):
         vk, va = evaluate_loss(head, target, val, cfg)
         hist.val.append({"step": step, "kl": vk, "agree": va})

@@ -1,0 +1,218 @@
+"""MTP head: shapes, errors, KV-cache behaviour, save/load, and the committed weights.
+
+Cache tests use a tiny random target (seeded) so that they run in well under a second; the
+committed weights are loaded against the real SmolLM2 GGUF.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from refserver.model import ModelConfig, Transformer
+from refserver.mtp_head import MTPHead
+
+SEED = 1234
+ASSETS = Path(__file__).resolve().parents[2] / "refserver" / "assets"
+TINY = ModelConfig(
+    vocab_size=97, dim=48, n_layers=2, n_heads=6, n_kv_heads=2, ffn_dim=64, max_seq_len=256
+)
+
+
+@pytest.fixture
+def tiny() -> tuple[Transformer, MTPHead]:
+    print(f"seed={SEED}")
+    torch.manual_seed(SEED)
+    target = Transformer(TINY).eval().requires_grad_(False)
+    for p in target.parameters():
+        p.data.normal_(0.0, 0.3)
+    head = MTPHead.from_target(target, seed=SEED)
+    for p in head.parameters():  # move away from the copied-from-target init
+        p.data.add_(torch.randn_like(p) * 0.1)
+    return target, head.eval()
+
+
+def _hidden(target: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    B, T = tokens.shape
+    cache = target.new_cache(B, T)
+    return target(tokens, torch.arange(T)[None].expand(B, T), cache, torch.arange(B))
+
+
+def test_shapes_and_dtypes(tiny):
+    target, head = tiny
+    B, T = 3, 7
+    tokens = torch.randint(0, TINY.vocab_size, (B, T + 1))
+    hidden = _hidden(target, tokens[:, :T])
+    cache = head.new_cache(4, 32)
+    slots = torch.tensor([2, 0, 3])
+    out, logits = head(hidden, tokens[:, 1:], torch.arange(T)[None].expand(B, T), cache, slots)
+    assert out.shape == (B, T, TINY.dim)
+    assert logits.shape == (B, T, TINY.vocab_size) and logits.dtype == torch.float32
+    drafts, dl = head.draft(
+        hidden[:, -1],
+        tokens[:, -1],
+        torch.full((B,), T - 1),
+        cache,
+        slots,
+        steps=4,
+        return_logits=True,
+    )
+    assert drafts.shape == (B, 4) and drafts.dtype == torch.long
+    assert dl.shape == (B, 4, TINY.vocab_size)
+    assert torch.equal(drafts, dl.argmax(-1))
+    assert 6 * 1000 < sum(p.numel() for p in head.parameters()) < 100 * 1000  # tiny head only
+
+
+def test_bad_arguments_are_named(tiny):
+    target, head = tiny
+    cache = head.new_cache(2, 8)
+    h = torch.zeros(2, TINY.dim)
+    tok = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="steps=0"):
+        head.draft(h, tok, torch.zeros(2, dtype=torch.long), cache, torch.arange(2), steps=0)
+    with pytest.raises(ValueError, match="max_len 8"):
+        head.draft(h, tok, torch.full((2,), 6), cache, torch.arange(2), steps=3)
+    with pytest.raises(ValueError, match="next_tokens"):
+        head.fill(
+            h[:, None], tok[:, None], torch.zeros(2, 2, dtype=torch.long), cache, torch.arange(2)
+        )
+
+
+def test_cached_draft_equals_recompute_without_cache(tiny):
+    """Drafts from the incremental cache == a cache-free recomputation of the same chain."""
+    target, head = tiny
+    B, T, steps = 3, 24, 3
+    tokens = torch.randint(0, TINY.vocab_size, (B, T))
+    hidden = _hidden(target, tokens)
+    pos = torch.arange(T)[None].expand(B, T)
+    slots = torch.arange(B)
+    for t in (0, 5, 17):
+        cache = head.new_cache(B, T + steps)
+        if t > 0:
+            head.fill(hidden[:, :t], tokens[:, 1 : t + 1], pos[:, :t], cache, slots)
+        drafts, logits = head.draft(
+            hidden[:, t], tokens[:, t + 1], pos[:, t], cache, slots, steps, return_logits=True
+        )
+        chained = tokens.clone()
+        chained[:, t + 2 : t + 1 + steps] = drafts[:, : steps - 1]  # the head's own tokens
+        outs = head.chained_forward(
+            hidden, chained, pos, torch.zeros(B, T, dtype=torch.long), steps
+        )
+        for k in range(steps):
+            ref = head.logits(outs[k][:, t])
+            torch.testing.assert_close(logits[:, k], ref, atol=1e-4, rtol=1e-4)
+            assert torch.equal(drafts[:, k], ref.argmax(-1))
+
+
+def test_stale_speculative_entries_are_overwritten(tiny):
+    """The engine's sync protocol: draft, accept some tokens, fill them, draft again. The result
+    must equal drafting from a cache that never held speculative entries."""
+    target, head = tiny
+    B, T, steps = 2, 30, 4
+    tokens = torch.randint(0, TINY.vocab_size, (B, T))
+    hidden = _hidden(target, tokens)
+    pos = torch.arange(T)[None].expand(B, T)
+    slots = torch.tensor([1, 0])
+
+    used = head.new_cache(2, T + steps)
+    head.fill(hidden[:, :9], tokens[:, 1:10], pos[:, :9], used, slots)
+    head.draft(hidden[:, 9], tokens[:, 10], pos[:, 9], used, slots, steps)  # writes 9..12
+    # "Verification accepted" positions up to 11: refresh 10, then draft from 11.
+    head.fill(hidden[:, 10:11], tokens[:, 11:12], pos[:, 10:11], used, slots)
+    got = head.draft(hidden[:, 11], tokens[:, 12], pos[:, 11], used, slots, steps)
+
+    fresh = head.new_cache(2, T + steps)
+    head.fill(hidden[:, :11], tokens[:, 1:12], pos[:, :11], fresh, slots)
+    want = head.draft(hidden[:, 11], tokens[:, 12], pos[:, 11], fresh, slots, steps)
+    assert torch.equal(got, want)
+
+
+def test_rows_with_own_slots_and_positions_are_independent(tiny):
+    target, head = tiny
+    T, steps = 20, 3
+    tokens = torch.randint(0, TINY.vocab_size, (2, T))
+    hidden = _hidden(target, tokens)
+    pos = torch.arange(T)[None].expand(2, T)
+    at = torch.tensor([6, 13])
+    batched = head.new_cache(5, T + steps)
+    slots = torch.tensor([4, 2])
+    for r in range(2):
+        n = int(at[r])
+        head.fill(
+            hidden[r : r + 1, :n],
+            tokens[r : r + 1, 1 : n + 1],
+            pos[r : r + 1, :n],
+            batched,
+            slots[r : r + 1],
+        )
+    rows = torch.arange(2)
+    got = head.draft(hidden[rows, at], tokens[rows, at + 1], at, batched, slots, steps)
+    for r in range(2):
+        n = int(at[r])
+        alone = head.new_cache(1, T + steps)
+        s0 = torch.zeros(1, dtype=torch.long)
+        head.fill(
+            hidden[r : r + 1, :n], tokens[r : r + 1, 1 : n + 1], pos[r : r + 1, :n], alone, s0
+        )
+        want = head.draft(
+            hidden[r : r + 1, n], tokens[r : r + 1, n + 1], at[r : r + 1], alone, s0, steps
+        )
+        assert torch.equal(got[r], want[0])
+
+
+def test_save_load_roundtrip(tiny, tmp_path):
+    target, head = tiny
+    path = tmp_path / "head.safetensors"
+    head.save(path, dtype=torch.float32)
+    loaded = MTPHead.load(path, target)
+    for (n, a), (_, b) in zip(head.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    other = Transformer(
+        ModelConfig(
+            vocab_size=97, dim=24, n_layers=1, n_heads=3, n_kv_heads=1, ffn_dim=32, max_seq_len=64
+        )
+    )
+    with pytest.raises(ValueError, match="dim=48"):
+        MTPHead.load(path, other)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        MTPHead.load(tmp_path / "missing.safetensors", target)
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    from refserver.model import default_gguf_path, load_model
+
+    try:
+        path = default_gguf_path()
+    except FileNotFoundError as e:
+        pytest.skip(f"SmolLM2 GGUF not installed: {e}")
+    return load_model(path, dtype=torch.float32)
+
+
+def test_committed_weights_load(smollm):
+    target, _ = smollm
+    path = ASSETS / "mtp_head.safetensors"
+    assert path.stat().st_size <= 25 * 1024 * 1024
+    head = MTPHead.load(path, target)
+    assert head.proj.weight.dtype == torch.float32
+    assert all(torch.isfinite(p).all() for p in head.parameters())
+
+
+@pytest.mark.slow
+def test_committed_weights_draft_the_targets_tokens(smollm):
+    """On one held-out prompt, the trained head's first draft matches the target's greedy token
+    far more often than chance (an untrained head scores ~0)."""
+    from refserver.train.evaluate import acceptance
+    from refserver.train.generate import GenConfig, generate
+
+    target, tok = smollm
+    head = MTPHead.load(ASSETS / "mtp_head.safetensors", target)
+    line = (ASSETS / "prompts" / "heldout.jsonl").read_text().splitlines()[0]
+    ids = tok.encode(tok.apply_chat_template(json.loads(line)["messages"]))
+    samples = generate(target, [ids], set(tok.stop_ids), GenConfig(max_new_tokens=48))
+    acc = acceptance(head, samples, steps=2)
+    print(acc.as_dict())
+    assert acc.accept_rate[0] > 0.3
