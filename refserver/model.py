@@ -154,6 +154,21 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.flatten(-2).to(x.dtype)
 
 
+@dataclass(frozen=True)
+class BatchInfo:
+    """Facts about a forward's batch computed once instead of in each of the 30 layers
+    (each would be a host sync on CUDA)."""
+
+    kv_len: int  # max position + 1: how much of the cache any query reads
+    first_slot: int | None  # s when slots == [s, s+1, ..., s+B-1] (cache read as a view)
+
+    @staticmethod
+    def of(positions: Tensor, slots: Tensor) -> BatchInfo:
+        slot_list = slots.tolist()
+        contiguous = slot_list == list(range(slot_list[0], slot_list[0] + len(slot_list)))
+        return BatchInfo(int(positions.max()) + 1, slot_list[0] if contiguous else None)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -170,6 +185,7 @@ class Attention(nn.Module):
         rope: tuple[Tensor, Tensor],
         layer_cache: tuple[Tensor, Tensor],
         slots: Tensor,
+        batch: BatchInfo | None = None,
     ) -> Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
@@ -184,15 +200,17 @@ class Attention(nn.Module):
         v_cache[rows, positions] = v.to(v_cache.dtype)
 
         # Read only as far as the furthest query of the batch; longer stale data is never needed.
-        L = int(positions.max()) + 1
-        keys = k_cache[slots, :L].to(q.dtype)  # [B, L, Hkv, hd]
-        values = v_cache[slots, :L].to(q.dtype)
-        rep = self.n_heads // self.n_kv_heads
-        keys = keys.repeat_interleave(rep, dim=2).transpose(1, 2)  # [B, H, L, hd]
-        values = values.repeat_interleave(rep, dim=2).transpose(1, 2)
+        L = int(positions.max()) + 1 if batch is None else batch.kv_len
+        if batch is not None and batch.first_slot is not None:  # slots s..s+B-1: a view, no copy
+            keys = k_cache[batch.first_slot : batch.first_slot + B, :L]
+            values = v_cache[batch.first_slot : batch.first_slot + B, :L]
+        else:
+            keys, values = k_cache[slots, :L], v_cache[slots, :L]  # [B, L, Hkv, hd]
+        keys = keys.to(q.dtype).transpose(1, 2)  # [B, Hkv, L, hd]
+        values = values.to(q.dtype).transpose(1, 2)
         mask = torch.arange(L, device=x.device)[None, None, :] <= positions[:, :, None]  # [B,T,L]
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, values, attn_mask=mask[:, None, :, :]
+            q.transpose(1, 2), keys, values, attn_mask=mask[:, None, :, :], enable_gqa=True
         )
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
@@ -222,15 +240,20 @@ class Block(nn.Module):
         self._rope_args = (cfg.head_dim, cfg.max_seq_len, cfg.rope_base)
 
     def forward(
-        self, x: Tensor, positions: Tensor, layer_cache: tuple[Tensor, Tensor], slots: Tensor
+        self,
+        x: Tensor,
+        positions: Tensor,
+        layer_cache: tuple[Tensor, Tensor],
+        slots: Tensor,
+        batch: BatchInfo | None = None,
     ) -> Tensor:
-        """x [B, T, d]; positions [B, T] long; slots [B] long.
+        """x [B, T, d]; positions [B, T] long; slots [B] long; `batch` optional precomputed facts.
 
         Writes this block's K/V for each token at (slots[b], positions[b, t]) of `layer_cache`
         and attends, per row, to cache positions <= the token's own position.
         """
         rope = rope_table(*self._rope_args, str(x.device))
-        h = x + self.attention(self.attention_norm(x), positions, rope, layer_cache, slots)
+        h = x + self.attention(self.attention_norm(x), positions, rope, layer_cache, slots, batch)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -258,11 +281,12 @@ class Transformer(nn.Module):
         MTP head consumes, DeepSeek-V3 style). Get logits with `self.logits(hidden)`, which
         applies the final norm and the tied output head.
         """
-        if positions.max() >= cache.max_len:
-            raise ValueError(f"position {int(positions.max())} >= KV cache max_len {cache.max_len}")
+        batch = BatchInfo.of(positions, slots)
+        if batch.kv_len > cache.max_len:
+            raise ValueError(f"position {batch.kv_len - 1} >= KV cache max_len {cache.max_len}")
         x = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
-            x = layer(x, positions, cache.layer(i), slots)
+            x = layer(x, positions, cache.layer(i), slots, batch)
         return x
 
     def logits(self, hidden: Tensor) -> Tensor:

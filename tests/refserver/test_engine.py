@@ -1,0 +1,175 @@
+"""The engine on the real model: lossless greedy speculation, SPEC §2 metrics after cuts,
+stop strings, min_tokens, seeded sampling, continuous batching, cancellation, op == oracle."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import pytest
+
+from refserver.config import EngineConfig, SpeculativeConfig
+from refserver.engine import Engine, Request, StepOutput
+from refserver.sampling import SamplingParams
+from tests.refserver.helpers import HYBRID, NGRAM, heldout_prompts
+
+
+@dataclass
+class Result:
+    text: str
+    token_ids: list[int]
+    outputs: list[StepOutput]
+
+    @property
+    def metrics(self) -> dict:
+        return self.outputs[-1].metrics
+
+    @property
+    def finish_reason(self) -> str:
+        return self.outputs[-1].finish_reason
+
+
+def make_engine(model_and_tokenizer, spec: str | None = None, **kw) -> Engine:
+    model, tok = model_and_tokenizer
+    config = EngineConfig(speculative=SpeculativeConfig.from_json(spec), **kw)
+    return Engine(config, model, tok)
+
+
+def run(engine: Engine, prompts: list[list[int]], params: SamplingParams) -> list[Result]:
+    outs: list[list[StepOutput]] = [[] for _ in prompts]
+    reqs = [Request(p, params, outs[i].append) for i, p in enumerate(prompts)]
+    engine.generate(reqs)
+    return [
+        Result("".join(o.text for o in out), [t for o in out for t in o.token_ids], out)
+        for out in outs
+    ]
+
+
+def check_invariants(r: Result, K: int) -> None:
+    m = r.metrics
+    per_head = m["accepted_tokens_per_head"]
+    assert len(per_head) == K + 1 and len(m["accept_ratio_per_head"]) == K
+    assert all(a >= b for a, b in itertools.pairwise(per_head))
+    assert m["accepted_tokens"] == sum(per_head) == len(r.token_ids)
+    assert r.outputs[-1].completion_tokens == len(r.token_ids)
+    steps = per_head[0]
+    assert steps == len(r.outputs)  # one output per engine step the request took part in
+    assert m["rejected_tokens"] == steps * (K + 1) - m["accepted_tokens"]
+    for out in r.outputs:  # accept_num of each step = tokens it emitted
+        assert 1 <= len(out.token_ids) <= K + 1
+
+
+@pytest.fixture(scope="module")
+def chat_prompts(model_and_tokenizer):
+    _, tok = model_and_tokenizer
+    picked = [p for p in heldout_prompts() if p["kind"] == "repetitive"][:2]
+    picked += [p for p in heldout_prompts() if p["kind"] == "open"][:1]
+    return [tok.encode(tok.apply_chat_template(p["messages"])) for p in picked]
+
+
+@pytest.fixture(scope="module")
+def greedy_none(model_and_tokenizer, chat_prompts):
+    engine = make_engine(model_and_tokenizer)
+    return run(engine, chat_prompts, SamplingParams(max_tokens=24, temperature=0.0))
+
+
+@pytest.mark.parametrize("spec", [NGRAM, HYBRID], ids=["ngram", "hybrid"])
+def test_greedy_speculation_is_lossless(model_and_tokenizer, chat_prompts, greedy_none, spec):
+    engine = make_engine(model_and_tokenizer, spec)
+    results = run(engine, chat_prompts, SamplingParams(max_tokens=24, temperature=0.0))
+    for r, ref in zip(results, greedy_none, strict=True):
+        assert r.token_ids == ref.token_ids
+        assert r.text == ref.text
+        check_invariants(r, engine.K)
+    for ref in greedy_none:
+        check_invariants(ref, 0)
+    if spec == NGRAM:  # the repetitive prompts copy text: some draft must have been accepted
+        assert any(r.metrics["accepted_tokens_per_head"][1] > 0 for r in results)
+
+
+def test_max_tokens_cut_counts_only_emitted(model_and_tokenizer, chat_prompts, greedy_none):
+    engine = make_engine(model_and_tokenizer, NGRAM)
+    for max_tokens in (1, 7):
+        [r] = run(engine, chat_prompts[:1], SamplingParams(max_tokens=max_tokens, temperature=0))
+        assert r.token_ids == greedy_none[0].token_ids[:max_tokens]
+        assert r.finish_reason == "length"
+        assert r.metrics["accepted_tokens"] == max_tokens
+        check_invariants(r, engine.K)
+
+
+def test_stop_string_cuts_text_tokens_and_metrics(model_and_tokenizer, chat_prompts, greedy_none):
+    ref = greedy_none[0]
+    words = ref.text.split(" ")
+    stop = " " + words[5]  # a word that first appears mid-answer
+    cut_at = ref.text.index(stop)
+    engine = make_engine(model_and_tokenizer, NGRAM)
+    params = SamplingParams(max_tokens=24, temperature=0, stop=(stop,))
+    [r] = run(engine, chat_prompts[:1], params)
+    assert r.text == ref.text[:cut_at]
+    assert r.finish_reason == "stop"
+    # Tokens end with the one that completed the stop string, and metrics count just those.
+    assert r.token_ids == ref.token_ids[: len(r.token_ids)]
+    tok = engine.tokenizer
+    assert stop in tok.decode(r.token_ids) and stop not in tok.decode(r.token_ids[:-1])
+    check_invariants(r, engine.K)
+
+
+def test_eos_ends_and_min_tokens_holds_it(model_and_tokenizer):
+    _model, tok = model_and_tokenizer
+    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Say just: yes"}]))
+    engine = make_engine(model_and_tokenizer, NGRAM)
+    [short] = run(engine, [prompt], SamplingParams(max_tokens=40, temperature=0))
+    assert short.finish_reason == "stop" and short.token_ids[-1] in tok.stop_ids
+    n = len(short.token_ids)
+    [held] = run(engine, [prompt], SamplingParams(max_tokens=40, min_tokens=n + 5, temperature=0))
+    assert len(held.token_ids) >= n + 5
+    assert not any(t in tok.stop_ids for t in held.token_ids[: n + 5])
+    check_invariants(short, engine.K)
+    check_invariants(held, engine.K)
+
+
+def test_seeded_sampling_is_reproducible(model_and_tokenizer, chat_prompts):
+    engine = make_engine(model_and_tokenizer, HYBRID)
+    params = SamplingParams(max_tokens=16, temperature=0.8, top_p=0.95, seed=42)
+    a = run(engine, chat_prompts[:1], params)[0]
+    b = run(engine, chat_prompts[:1], params)[0]
+    c = run(engine, chat_prompts[:1], SamplingParams(max_tokens=16, temperature=1.5, seed=7))[0]
+    assert a.token_ids == b.token_ids and a.metrics == b.metrics
+    assert c.token_ids != a.token_ids
+    check_invariants(a, engine.K)
+
+
+def test_continuous_batching_more_requests_than_slots(
+    model_and_tokenizer, chat_prompts, greedy_none
+):
+    engine = make_engine(model_and_tokenizer, NGRAM, max_num_seqs=2)
+    prompts = chat_prompts + chat_prompts[:1]
+    results = run(engine, prompts, SamplingParams(max_tokens=24, temperature=0))
+    for r, ref in zip(results, [*greedy_none, greedy_none[0]], strict=True):
+        assert r.token_ids == ref.token_ids
+        check_invariants(r, engine.K)
+
+
+def test_cancel_frees_the_slot(model_and_tokenizer, chat_prompts):
+    engine = make_engine(model_and_tokenizer, max_num_seqs=1)
+    got: list[StepOutput] = []
+    req = Request(chat_prompts[0], SamplingParams(max_tokens=50, temperature=0), got.append)
+    engine.submit(req)
+    engine.step()
+    assert engine.num_running == 1 and len(got) == 1
+    req.cancelled = True
+    engine.step()
+    assert engine.num_running == 0 and len(got) == 1 and not engine.has_work()
+
+
+def test_op_and_oracle_draft_the_same(model_and_tokenizer, chat_prompts):
+    cuda_ext = pytest.importorskip("cuda_ext")
+    if not cuda_ext.is_available("cpu"):
+        pytest.skip("the op's CPU kernel is not built")
+    params = SamplingParams(max_tokens=16, temperature=0)
+    by_impl = {}
+    for impl in ("op", "oracle"):
+        engine = make_engine(model_and_tokenizer, NGRAM, ngram_impl=impl)
+        assert engine.ngram.impl == impl
+        by_impl[impl] = [(r.token_ids, r.metrics) for r in run(engine, chat_prompts[:2], params)]
+    assert by_impl["op"] == by_impl["oracle"]
