@@ -1,0 +1,137 @@
+"""Build (and cache) the specgate op libraries with torch.utils.cpp_extension.
+
+Two shared libraries, loaded with ``torch.ops.load_library``:
+
+- ``specgate_ops_cpu``: the schema (``TORCH_LIBRARY``) and the CPU kernel. Needs only a C++
+  compiler, so CI builds it on a machine without CUDA.
+- ``specgate_ops_cuda``: the CUDA kernel (``TORCH_LIBRARY_IMPL(specgate, CUDA)``). Built only
+  where torch has CUDA and ``nvcc`` is found; sm_90 by default (``TORCH_CUDA_ARCH_LIST``
+  overrides).
+
+The build directory is ``$SPECGATE_BUILD_DIR`` or ``~/.cache/specgate/ops/<torch version>``;
+ninja rebuilds only what changed, so after the first build a load takes well under a second.
+Prebuild with ``python -m cuda_ext.build``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+CPU_SOURCES = ["ngram_cpu.cpp"]
+CUDA_SOURCES = ["ngram_cuda.cpp", "ngram_cuda_kernel.cu"]
+CPU_FLAGS = ["-O3"]
+CUDA_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+
+
+@dataclass
+class BuildResult:
+    """Outcome of one library build: the loaded path, or why it is not available."""
+
+    ok: bool
+    detail: str
+
+
+_results: dict[str, BuildResult] = {}
+
+
+def build_dir(kind: str) -> Path:
+    """Per-torch-version cache folder, so a torch upgrade never loads a stale library."""
+    root = os.environ.get("SPECGATE_BUILD_DIR") or str(Path.home() / ".cache" / "specgate" / "ops")
+    tag = f"{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{kind}"
+    path = Path(root) / tag.replace("+", "_")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _ensure_ninja_on_path() -> None:
+    """cpp_extension calls `ninja` by name; the venv's ninja is next to the interpreter."""
+    venv_bin = str(Path(sys.executable).parent)
+    if shutil.which("ninja") is None and (Path(venv_bin) / "ninja").exists():
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+
+
+def _load(name: str, sources: list[str], cuda: bool, verbose: bool) -> None:
+    from torch.utils import cpp_extension
+
+    _ensure_ninja_on_path()
+    kwargs = {}
+    if cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        kwargs["extra_cuda_cflags"] = CUDA_FLAGS
+    cpp_extension.load(
+        name=name,
+        sources=[str(CSRC / s) for s in sources],
+        extra_cflags=CPU_FLAGS,
+        extra_include_paths=[str(CSRC)],
+        build_directory=str(build_dir("cuda" if cuda else "cpu")),
+        with_cuda=cuda,
+        is_python_module=False,
+        verbose=verbose,
+    )
+
+
+def ensure_cpu(verbose: bool = False) -> BuildResult:
+    """Build/load the schema and the CPU kernel once per process."""
+    if "cpu" not in _results:
+        if shutil.which(os.environ.get("CXX", "c++")) is None:
+            _results["cpu"] = BuildResult(False, "no C++ compiler found (set CXX or install g++)")
+        else:
+            try:
+                _load("specgate_ops_cpu", CPU_SOURCES, cuda=False, verbose=verbose)
+                _results["cpu"] = BuildResult(True, f"built in {build_dir('cpu')}")
+            except Exception as exc:  # a failed compile must not break importing the package
+                _results["cpu"] = BuildResult(False, f"CPU build failed: {exc}")
+                log.warning("specgate op: %s", _results["cpu"].detail)
+    return _results["cpu"]
+
+
+def ensure_cuda(verbose: bool = False) -> BuildResult:
+    """Build/load the CUDA kernel (after the CPU library, which defines the schema)."""
+    if "cuda" not in _results:
+        cpu = ensure_cpu(verbose)
+        if not cpu.ok:
+            _results["cuda"] = BuildResult(False, f"CPU library unavailable: {cpu.detail}")
+        elif torch.version.cuda is None:
+            _results["cuda"] = BuildResult(
+                False, f"this torch ({torch.__version__}) is built without CUDA"
+            )
+        elif not torch.cuda.is_available():
+            _results["cuda"] = BuildResult(False, "no CUDA device is visible")
+        else:
+            from torch.utils.cpp_extension import CUDA_HOME
+
+            if CUDA_HOME is None and shutil.which("nvcc") is None:
+                _results["cuda"] = BuildResult(False, "nvcc not found (set CUDA_HOME)")
+            else:
+                try:
+                    _load("specgate_ops_cuda", CUDA_SOURCES, cuda=True, verbose=verbose)
+                    _results["cuda"] = BuildResult(True, f"built in {build_dir('cuda')}")
+                except Exception as exc:
+                    _results["cuda"] = BuildResult(False, f"CUDA build failed: {exc}")
+                    log.warning("specgate op: %s", _results["cuda"].detail)
+    return _results["cuda"]
+
+
+def main() -> int:
+    """Prebuild: `python -m cuda_ext.build [--verbose]`. Exit 1 if the CPU part fails."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    verbose = "--verbose" in sys.argv
+    cpu = ensure_cpu(verbose)
+    log.info("cpu : %s", "ok, " + cpu.detail if cpu.ok else "NOT AVAILABLE: " + cpu.detail)
+    cuda = ensure_cuda(verbose)
+    log.info("cuda: %s", "ok, " + cuda.detail if cuda.ok else "not built: " + cuda.detail)
+    return 0 if cpu.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

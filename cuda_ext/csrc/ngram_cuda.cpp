@@ -1,0 +1,129 @@
+// CUDA registration of specgate::hybrid_mtp_ngram: argument checks, workspace, launch.
+//
+// The hot path does no host synchronisation (only shape/dtype/device checks, which read no
+// tensor data) and no device allocation: the workspace is allocated once per (device, stream)
+// and grown only when a larger batch arrives; the kernel leaves it zeroed after every call.
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "ngram_checks.h"
+#include "ngram_common.h"
+#include "ngram_cuda.h"
+
+namespace specgate {
+namespace {
+
+// Zeroed workspace for one (device, stream): [0] = finished-block counter, [1 + 2b + h] = key.
+// A stream gets its own buffer so that calls on different streams never share counters.
+at::Tensor& workspace(const at::Device& device, cudaStream_t stream, int64_t batch) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, cudaStream_t>, at::Tensor> buffers;
+  std::lock_guard<std::mutex> lock(mutex);
+  at::Tensor& ws = buffers[{device.index(), stream}];
+  const int64_t needed = 1 + 2 * batch;
+  if (!ws.defined() || ws.numel() < needed) {
+    // First call with this many rows on this stream: the only allocation the op ever makes.
+    // (Under CUDA-graph capture it comes from the graph's private pool and is kept alive here.)
+    ws = at::zeros({std::max<int64_t>(needed, 1024)},
+                   at::TensorOptions().dtype(at::kLong).device(device));
+  }
+  return ws;
+}
+
+// Multiprocessor count of a device, queried once (a host attribute query, no sync).
+int multiprocessors(int device) {
+  static std::mutex mutex;
+  static std::map<int, int> counts;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = counts.find(device);
+  if (it == counts.end()) {
+    int n = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    it = counts.emplace(device, std::max(n, 1)).first;
+  }
+  return it->second;
+}
+
+void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& prompt_lens,
+                           const at::Tensor& pre_ids, const at::Tensor& step_idx,
+                           const at::Tensor& draft_token_num, at::Tensor& draft_tokens,
+                           at::Tensor& seq_lens_this_time, const at::Tensor& seq_lens_decoder,
+                           const at::Tensor& max_dec_len, int64_t max_ngram_size,
+                           int64_t min_ngram_size, int64_t max_draft_tokens, int64_t threshold,
+                           bool pad_to_max) {
+  const Shapes s = check_structure(token_ids_all, prompt_lens, pre_ids, step_idx,
+                                   draft_token_num, draft_tokens, seq_lens_this_time,
+                                   seq_lens_decoder, max_dec_len, max_ngram_size, min_ngram_size,
+                                   max_draft_tokens);
+  TORCH_CHECK_VALUE(token_ids_all.is_cuda(), "token_ids_all: expected a CUDA tensor, got ",
+                    token_ids_all.device());
+  const int64_t B = s.batch;
+  // Two blocks per row at least: keep the grid within 2^31 - 1 blocks.
+  TORCH_CHECK_VALUE(B < (int64_t(1) << 29), "token_ids_all: batch size ", B,
+                    " exceeds the CUDA kernel's limit of 2^29 rows");
+  if (B == 0) return;
+  const c10::cuda::CUDAGuard guard(token_ids_all.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  // Already-dense inputs (the normal case) are used as they are: no copy, no allocation.
+  const at::Tensor tok = token_ids_all.contiguous(), pre = pre_ids.contiguous();
+  const at::Tensor plen = prompt_lens.contiguous(), step = step_idx.contiguous();
+  const at::Tensor dec = seq_lens_decoder.contiguous(), mdl = max_dec_len.contiguous();
+
+  // Segment length: enough blocks to fill the chip (about 4 per SM) but never less than one
+  // tile. Derived from shapes only, so the grid never depends on tensor values.
+  const int64_t target_blocks = 4 * int64_t(multiprocessors(token_ids_all.device().index()));
+  const int64_t tokens = B * (s.prompt_capacity + s.generated_capacity);
+  int64_t seg_tiles = std::max<int64_t>(1, tokens / (target_blocks * kTileTokens));
+  int64_t seg = seg_tiles * kTileTokens;
+  auto segs_of = [&](int64_t width) { return (width + seg - 1) / seg; };
+  while (B * (segs_of(s.prompt_capacity) + segs_of(s.generated_capacity)) >= (int64_t(1) << 31)) {
+    seg *= 2;  // only for absurd shapes: fewer, longer segments
+  }
+
+  at::Tensor& ws = workspace(token_ids_all.device(), stream, B);
+  NgramParams p{};
+  p.token_ids_all = tok.const_data_ptr<int64_t>();
+  p.prompt_lens = plen.const_data_ptr<int64_t>();
+  p.pre_ids = pre.const_data_ptr<int64_t>();
+  p.step_idx = step.const_data_ptr<int64_t>();
+  p.draft_tokens = draft_tokens.mutable_data_ptr<int64_t>();
+  p.seq_lens_this_time = seq_lens_this_time.mutable_data_ptr<int32_t>();
+  p.seq_lens_decoder = dec.const_data_ptr<int32_t>();
+  p.max_dec_len = mdl.const_data_ptr<int64_t>();
+  p.batch = B;
+  p.s_all = s.prompt_capacity;
+  p.s_pre = s.generated_capacity;
+  p.width = s.draft_width;
+  p.max_ngram_size = max_ngram_size;
+  p.min_ngram_size = min_ngram_size;
+  p.max_draft_tokens = max_draft_tokens;
+  p.threshold = clamp_threshold(threshold);
+  p.pad_to_max = pad_to_max;
+  p.seg_tokens = seg;
+  p.segs_prompt = segs_of(s.prompt_capacity);
+  p.segs_gen = segs_of(s.generated_capacity);
+  // At least one block, so the finalisation (threshold pass, padding) always runs.
+  p.num_blocks = std::max<int64_t>(1, B * (p.segs_prompt + p.segs_gen));
+  int64_t* base = ws.mutable_data_ptr<int64_t>();
+  p.done = reinterpret_cast<unsigned int*>(base);
+  p.keys = reinterpret_cast<unsigned long long*>(base + 1);
+  C10_CUDA_CHECK(launch_hybrid_mtp_ngram(p, stream));
+}
+
+}  // namespace
+}  // namespace specgate
+
+TORCH_LIBRARY_IMPL(specgate, CUDA, m) {
+  m.impl("hybrid_mtp_ngram", &specgate::hybrid_mtp_ngram_cuda);
+}
