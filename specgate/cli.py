@@ -143,6 +143,14 @@ def _kernel_step(root: Path) -> bool:
     return ok
 
 
+def _release_unneeded(pool, done, later) -> None:
+    """Stop the servers of `done` that no scenario in `later` uses (frees memory early)."""
+    needed = {spec.key() for s in later for spec in s.servers.values()}
+    for spec in done.servers.values():
+        if spec.key() not in needed:
+            pool.release(spec)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from e2e.report import render_markdown, render_text, save_results
     from e2e.runner import run_scenario
@@ -167,10 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = run_scenario(scenario, pool)
             print(f"  {result.status:7} {scenario.name} ({result.duration_s:.1f} s)", flush=True)
             results.append(result)
-            later = {spec.key() for s in order[i + 1 :] for spec in s.servers.values()}
-            for spec in scenario.servers.values():
-                if spec.key() not in later:
-                    pool.release(spec)
+            _release_unneeded(pool, scenario, order[i + 1 :])
     finally:
         pool.close()
     print()
@@ -222,7 +227,7 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
                 failed = True
                 continue
             outcomes = measure(scenario, endpoint)
-            pool.release(scenario.server)
+            _release_unneeded(pool, scenario, scenarios[scenarios.index(scenario) + 1 :])
             command = shlex.join(scenario.server.command) if scenario.server.command else None
             new = build_baseline(
                 scenario,
