@@ -86,8 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--report", default=None, metavar="FILE", help="write markdown here")
     report.add_argument("--failing-only", action="store_true", help="only rows that failed")
 
-    serve = sub.add_parser("serve", help="start refserver: python -m refserver ARGS...")
-    serve.add_argument("serve_args", nargs=argparse.REMAINDER, help="arguments for refserver")
+    # `serve` passes every argument through (main() intercepts it before argparse, which cannot
+    # forward options like --port); this entry only lists it in --help.
+    sub.add_parser(
+        "serve",
+        help="start refserver: python -m refserver ARGS... (see serve --help)",
+        add_help=False,
+    )
     return parser
 
 
@@ -282,13 +287,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0 if all(r.status in ("passed", "skipped") for r in results) else 1
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    argv = [sys.executable, "-m", "refserver", *args.serve_args]
-    os.execv(sys.executable, argv)
-    return 0  # not reached
+def serve(args: list[str]) -> None:
+    """Replace this process with refserver, so signals and the exit code are refserver's own."""
+    os.execv(sys.executable, [sys.executable, "-m", "refserver", *args])
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -302,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     from e2e.scenario import ScenarioError
 
     _install_sigterm()
-    handlers = {"run": cmd_run, "report": cmd_report, "serve": cmd_serve}
+    handlers = {"run": cmd_run, "report": cmd_report}
     try:
         if args.command == "baseline":
             return cmd_baseline_update(args)

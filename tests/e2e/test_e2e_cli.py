@@ -178,3 +178,31 @@ def test_server_url_reuses_a_running_server(tmp_path: Path, scenario: Path) -> N
         )
     assert run.returncode == 0, run.stdout
     assert f"server: {server.url}" in run.stdout
+
+
+def test_parser_and_help() -> None:
+    from specgate.cli import build_parser, main
+
+    assert main([]) == 0  # prints help
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["baseline"])  # an action is required
+    args = build_parser().parse_args(["baseline", "update", "a", "b", "--dry-run"])
+    assert args.scenarios == ["a", "b"] and args.dry_run
+    assert "serve" in build_parser().format_help()
+
+
+def test_serve_delegates_to_refserver(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "specgate.cli", "serve", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--speculative-config" in done.stdout and "refserver" in done.stdout
+
+
+def test_report_without_results_is_a_usage_error(tmp_path: Path) -> None:
+    done = specgate(tmp_path, "report")
+    assert done.returncode == 2 and "run `specgate run` first" in done.stderr

@@ -1,0 +1,112 @@
+"""Baseline files: round trip, malformed files, staleness, atomic writes, readable diffs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from e2e.baseline import (
+    Baseline,
+    BaselineError,
+    check_fresh,
+    diff_baselines,
+    load_baseline,
+    write_baseline_atomic,
+)
+
+PROV = {
+    "date": "2026-01-01T00:00:00+00:00",
+    "git_commit": "abc",
+    "host": "h",
+    "device": "cpu",
+    "torch": "2.13.0",
+    "python": "3.11",
+    "server_command": "x --port {port}",
+    "scenario_hash": "sha256:1",
+}
+
+
+def make(fields: dict, text: str = "t", h: str = "sha256:1") -> Baseline:
+    return Baseline("demo", h, dict(PROV), {"r1": {"fields": fields, "text": text}})
+
+
+def test_round_trip_keeps_values_exactly(tmp_path: Path) -> None:
+    fields = {"accept_ratio": 0.6470588235294118, "accepted_tokens_per_head": [51, 33, 13, 2, 1, 0]}
+    path = tmp_path / "b" / "demo.yaml"
+    write_baseline_atomic(path, make(fields))
+    loaded = load_baseline(path)
+    assert loaded.requests["r1"]["fields"] == fields
+    assert loaded.provenance == PROV
+    assert "accepted_tokens_per_head: [51, 33, 13, 2, 1, 0]" in path.read_text()  # one line
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "demo.yaml"
+    write_baseline_atomic(path, make({"a": 1}))
+    before = path.read_bytes()
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_baseline_atomic(path, make({"a": 2}))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("scenario: x\n", "key 'specgate_baseline': expected 1"),
+        (
+            "specgate_baseline: 1\nscenario: x\nscenario_hash: h\nprovenance: {}\nrequests: []\n",
+            "key 'requests': expected dict",
+        ),
+        (
+            "specgate_baseline: 1\nscenario: x\nscenario_hash: h\nprovenance: {}\n"
+            "requests: {r1: {text: a}}\n",
+            "key 'requests.r1.fields'",
+        ),
+        ("a: [", "cannot read the baseline"),
+    ],
+)
+def test_malformed_baselines_name_the_file_and_key(
+    tmp_path: Path, content: str, expected: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(BaselineError) as info:
+        load_baseline(path)
+    assert str(path) in str(info.value) and expected in str(info.value)
+
+
+def test_missing_and_stale_baselines_say_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(BaselineError, match="specgate baseline update"):
+        load_baseline(tmp_path / "none.yaml")
+    with pytest.raises(BaselineError) as info:
+        check_fresh(make({}), "sha256:2", tmp_path / "b.yaml", tmp_path / "s.yaml")
+    assert "stale baseline" in str(info.value)
+    assert f"specgate baseline update {tmp_path / 's.yaml'}" in str(info.value)
+    check_fresh(make({}), "sha256:1", tmp_path / "b.yaml", tmp_path / "s.yaml")  # fresh: no error
+
+
+def test_diff_lists_moved_fields_text_and_provenance() -> None:
+    old = make({"accepted_tokens": 100, "accept_ratio": 0.49, "accepted_tokens_per_head": [51, 33]})
+    new = make(
+        {"accepted_tokens": 98, "accept_ratio": 0.5, "accepted_tokens_per_head": [51, 31]},
+        text="other",
+    )
+    new.provenance["git_commit"] = "def"
+    diff = diff_baselines(old, new)
+    assert "provenance.git_commit: 'abc' -> 'def'" in diff
+    assert "accepted_tokens: 100 -> 98 (-2)" in diff
+    assert "accept_ratio: 0.49 -> 0.5 (+0.01)" in diff
+    assert "accepted_tokens_per_head: [51, 33] -> [51, 31]" in diff
+    assert "text changed" in diff
+    assert "0 of 1 requests unchanged" in diff
+    assert diff_baselines(old, old).endswith("1 of 1 requests unchanged")
