@@ -19,7 +19,7 @@ if has build; then
 fi
 if has tests; then
   log "op tests (tests/cuda_ext, cuda included)"
-  python3 -m pytest -q -p no:cacheprovider tests/cuda_ext -rs ${TESTS_ARGS:-} > "$OUT/tests.log" 2>&1
+  timeout ${TESTS_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider tests/cuda_ext -rs -x ${TESTS_ARGS:-} > "$OUT/tests.log" 2>&1
   echo "rc=$?" >> "$OUT/tests.log"; grep -E "passed|failed|error|rc=" "$OUT/tests.log" | tail -4 | tee -a "$OUT/summary.txt"
 fi
 if has suite; then
@@ -31,7 +31,7 @@ fi
 if has sanitize; then
   for tool in memcheck racecheck; do
     log "compute-sanitizer $tool"
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout ${SAN_TIMEOUT:-200} compute-sanitizer --tool $tool --error-exitcode 9 \
       python3 -m tests.cuda_ext.sanitize_driver > "$OUT/sanitize_$tool.log" 2>&1
     echo "rc=$?" >> "$OUT/sanitize_$tool.log"; tail -4 "$OUT/sanitize_$tool.log" | tee -a "$OUT/summary.txt"
   done

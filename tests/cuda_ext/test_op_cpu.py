@@ -128,7 +128,9 @@ BAD_STRUCTURE = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("label", "change", "names"), BAD_STRUCTURE, ids=[c[0] for c in BAD_STRUCTURE])
+@pytest.mark.parametrize(
+    ("label", "change", "names"), BAD_STRUCTURE, ids=[c[0] for c in BAD_STRUCTURE]
+)
 def test_bad_structure_names_the_argument(cpu_op, label, change, names):
     batch = fd_unit_case()
     before = batch.clone()

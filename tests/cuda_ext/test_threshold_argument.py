@@ -27,7 +27,11 @@ def parallel_formulation(prompts, generated, steps, drafts, lens, dec, max_dec, 
         budget = min(k - ori + 1, max_dec[b] - steps[b] - 1)
         eligible = ori != 0 and budget > 0
         # The match does not depend on the budget: ask for everything, cut to the budget later.
-        cont = ngram_draft(prompts[b], generated[b], steps[b], 1 << 40, max_n, min_n) if eligible else []
+        cont = (
+            ngram_draft(prompts[b], generated[b], steps[b], 1 << 40, max_n, min_n)
+            if eligible
+            else []
+        )
         um = min(len(cont), budget) if eligible else 0
         rows.append((ori, budget, eligible, cont, um))
     run_c, run_e, b_star = 0, 0, None
@@ -60,13 +64,17 @@ def _lists(batch):
     lens = batch.seq_lens_this_time.tolist()
     steps = batch.step_idx.reshape(-1).tolist()
     plen = batch.prompt_lens.reshape(-1).tolist()
-    prompts = [batch.token_ids_all[b, : plen[b]].tolist() if lens[b] else [] for b in range(len(lens))]
+    prompts = [
+        batch.token_ids_all[b, : plen[b]].tolist() if lens[b] else [] for b in range(len(lens))
+    ]
     gen = [batch.pre_ids[b, : steps[b] + 1].tolist() if lens[b] else [] for b in range(len(lens))]
     return (prompts, gen, steps, batch.draft_tokens.tolist(), lens,
             batch.seq_lens_decoder.tolist(), batch.max_dec_len.reshape(-1).tolist())  # fmt: skip
 
 
-@pytest.mark.parametrize("recipe", ["threshold_pressure", "threshold_edge", "active_count", "mixed"])
+@pytest.mark.parametrize(
+    "recipe", ["threshold_pressure", "threshold_edge", "active_count", "mixed"]
+)
 def test_prefix_sum_threshold_pass_equals_the_sequential_definition(recipe):
     checked = with_cut = 0
     for i in range(60):
@@ -82,7 +90,9 @@ def test_prefix_sum_threshold_pass_equals_the_sequential_definition(recipe):
         assert (want[3], want[4]) == (got[3], got[4]), f"recipe={recipe} seed={seed}"
         checked += 1
         with_cut += b_star is not None and b_star < batch.batch_size - 1
-    print(f"recipe={recipe} base seed={SEED}: {checked} batches agree, {with_cut} cut before the end")
+    print(
+        f"recipe={recipe} base seed={SEED}: {checked} batches agree, {with_cut} cut before the end"
+    )
     assert checked >= 50
     if recipe.startswith("threshold"):
         assert with_cut >= 10  # the argument is exercised, not vacuous
