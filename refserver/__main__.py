@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from refserver.config import EngineConfig, SpeculativeConfig
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m refserver") -> in
         torch.set_num_threads(args.threads)
     engine = Engine(config)
     app = create_app(engine, args.served_model_name)
+    # uvicorn handles SIGTERM/SIGINT itself (stop accepting, drain open requests, lifespan
+    # shutdown) and then re-raises the signal under the previous handler. Make that handler a
+    # no-op so a drained shutdown ends with exit code 0 rather than death by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0
 
