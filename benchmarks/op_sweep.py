@@ -31,6 +31,8 @@ MAX_N, MIN_N = 3, 1  # SPEC §3's engine configuration
 VOCAB = 32000
 PLANT_EARLY = 16
 L2_DEFEAT_BYTES = 256 << 20
+ARG_ORDER = ("token_ids_all", "prompt_lens", "pre_ids", "step_idx", "draft_token_num",
+             "draft_tokens", "seq_lens_this_time", "seq_lens_decoder", "max_dec_len")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -284,9 +286,7 @@ def cpu_vs_oracle(batch: int = 64, prompt: int = 4096, generated: int = 256) -> 
     inp = make_inputs(
         Point(batch, prompt, generated, "none"), "cpu", torch.Generator().manual_seed(1)
     )
-    args = [inp[k] for k in ("token_ids_all", "prompt_lens", "pre_ids", "step_idx",
-                             "draft_token_num", "draft_tokens", "seq_lens_this_time",
-                             "seq_lens_decoder", "max_dec_len")]  # fmt: skip
+    args = [inp[k] for k in ARG_ORDER]
 
     def timed(fn, reps):
         times = []

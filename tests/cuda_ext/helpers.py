@@ -40,7 +40,7 @@ def fixed_shape_batch(gen: torch.Generator, batch: int, s_all: int, s_pre: int, 
 
     lens = ints(0, k + 2, batch).to(torch.int32)
     step = ints(0, s_pre, batch)
-    width = k + 1 + int(ints(0, 3, 1))
+    width = k + 2  # one spare column: nothing may be written there
     draft = ints(0, vocab, batch, width)
     return Batch(
         token_ids_all=ints(-1, vocab, batch, s_all),
