@@ -233,7 +233,8 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
                 continue
             outcomes = measure(scenario, endpoint)
             _release_unneeded(pool, scenario, scenarios[scenarios.index(scenario) + 1 :])
-            command = shlex.join(scenario.server.command) if scenario.server.command else None
+            launched = scenario.server.command and not args.server_url
+            command = shlex.join(scenario.server.command) if launched else None
             new = build_baseline(
                 scenario,
                 outcomes,

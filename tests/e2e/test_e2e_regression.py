@@ -8,6 +8,7 @@ scenario hash still matches and the failure comes from the values, not from a st
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def test_changed_server_fails_the_committed_baseline(
     changed = replace(scenario.server, command=_with_config(scenario.server.command, change))
     nonstream = tuple(r for r in scenario.requests if not r.stream and not r.body.get("logprobs"))
     subset = replace(scenario, requests=nonstream[:2])
+    started = time.monotonic()
     with ServerProcess(changed, tmp_path, name="changed-refserver") as server:
         endpoint = server.endpoint()
         outcomes = measure(subset, endpoint)
@@ -76,6 +78,7 @@ def test_changed_server_fails_the_committed_baseline(
         server=endpoint.command or "",
         baseline_path=str(scenario.baseline),
         baseline_provenance=baseline.provenance,
+        duration_s=time.monotonic() - started,
     )
     report = render_text([result])
     print(report)  # the readable report, shown with -s and kept in the test log
