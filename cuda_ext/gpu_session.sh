@@ -12,33 +12,34 @@ has() { [[ " $STAGES " == *" $1 "* ]]; }
 
 log "host: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/summary.txt"
-if has build; then
+stage_build() {
   log "build"
   time python3 -m cuda_ext.build --verbose > "$OUT/build.log" 2>&1; tail -3 "$OUT/build.log" | tee -a "$OUT/summary.txt"
   cuobjdump -res-usage /tmp/specgate-build/*cuda*/specgate_ops_cuda.so 2>/dev/null | grep -A1 hybrid | tee -a "$OUT/summary.txt"
-fi
-if has tests; then
+}
+stage_tests() {
   log "op tests (tests/cuda_ext, cuda included)"
-  timeout ${TESTS_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider tests/cuda_ext -rs -x ${TESTS_ARGS:-} > "$OUT/tests.log" 2>&1
+  timeout ${TESTS_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider tests/cuda_ext -m "not slow" -rs ${TESTS_ARGS:-} > "$OUT/tests.log" 2>&1
   echo "rc=$?" >> "$OUT/tests.log"; grep -E "passed|failed|error|rc=" "$OUT/tests.log" | tail -4 | tee -a "$OUT/summary.txt"
-fi
-if has suite; then
+}
+stage_suite() {
   log "kernel suite, CUDA op, profile ${SUITE_PROFILE:-full}"
   timeout ${SUITE_TIMEOUT:-400} python3 -m pytest -m kernel -q -p no:cacheprovider tests/kernel -n 8 \
     --kernel-device cuda --kernel-profile ${SUITE_PROFILE:-full} > "$OUT/suite.log" 2>&1
   echo "rc=$?" >> "$OUT/suite.log"; grep -E "kernel suite:|passed|failed|rc=" "$OUT/suite.log" | tail -4 | tee -a "$OUT/summary.txt"
-fi
-if has sanitize; then
+}
+stage_sanitize() {
   for tool in memcheck racecheck; do
     log "compute-sanitizer $tool"
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout ${SAN_TIMEOUT:-200} compute-sanitizer --tool $tool --error-exitcode 9 \
       python3 -m tests.cuda_ext.sanitize_driver > "$OUT/sanitize_$tool.log" 2>&1
     echo "rc=$?" >> "$OUT/sanitize_$tool.log"; tail -4 "$OUT/sanitize_$tool.log" | tee -a "$OUT/summary.txt"
   done
-fi
-if has bench; then
+}
+stage_bench() {
   log "benchmark sweep"
   timeout ${BENCH_TIMEOUT:-300} python3 -m benchmarks.op_sweep ${BENCH_ARGS:-} --out "$OUT/bench.md" > "$OUT/bench.log" 2>&1
   echo "rc=$?" >> "$OUT/bench.log"; tail -5 "$OUT/bench.log" | tee -a "$OUT/summary.txt"
-fi
+}
+for stage in $STAGES; do "stage_$stage"; done
 log "done"
