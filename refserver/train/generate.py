@@ -64,8 +64,12 @@ def generate(
     n_tokens = 0
     for start in range(0, len(order), B):
         if time.monotonic() - t0 > cfg.time_budget_s:
-            log.warning("generation time budget %.0fs spent: %d of %d prompts skipped",
-                        cfg.time_budget_s, len(order) - start, len(order))
+            log.warning(
+                "generation time budget %.0fs spent: %d of %d prompts skipped",
+                cfg.time_budget_s,
+                len(order) - start,
+                len(order),
+            )
             break
         idx = order[start : start + B]
         samples = _generate_batch(model, [prompts[i] for i in idx], dec, stop, cfg, gen)
@@ -73,8 +77,13 @@ def generate(
             s.index = i
             results[i] = s
             n_tokens += len(s.tokens) - s.prompt_len
-        log.info("generated batch %d: %d rows, %d new tokens so far, %.0f new tok/s",
-                 start // B, len(idx), n_tokens, n_tokens / (time.monotonic() - t0))
+        log.info(
+            "generated batch %d: %d rows, %d new tokens so far, %.0f new tok/s",
+            start // B,
+            len(idx),
+            n_tokens,
+            n_tokens / (time.monotonic() - t0),
+        )
     return [results[i] for i in range(len(prompts)) if i in results]
 
 
@@ -208,12 +217,16 @@ class _Stepper:
             err = float((self.out.float() - eager.float()).abs().max())
             scale = float(eager.float().abs().max())
             if not err <= 1e-2 * scale:
-                log.warning("CUDA graph step differs from eager (%.3g of %.3g); decoding eagerly",
-                            err, scale)
+                log.warning(
+                    "CUDA graph step differs from eager (%.3g of %.3g); decoding eagerly",
+                    err,
+                    scale,
+                )
                 self.graph = None
                 return eager
-            log.info("CUDA graph decode step checked against eager: max diff %.3g of %.3g",
-                     err, scale)
+            log.info(
+                "CUDA graph decode step checked against eager: max diff %.3g of %.3g", err, scale
+            )
         self.graph.replay()
         return self.out
 
@@ -234,7 +247,9 @@ def _generate_batch(
     for r, p in enumerate(prompts):
         tokens[r, pads[r] :] = torch.tensor(p, device=device)
     valid = torch.ones(b, dec.k[0].shape[2], dtype=torch.bool, device=device)
-    valid[:, :P] = torch.arange(P, device=device)[None] >= torch.tensor(pads, device=device)[:, None]
+    valid[:, :P] = (
+        torch.arange(P, device=device)[None] >= torch.tensor(pads, device=device)[:, None]
+    )
     step_fn = dec.stepper(b, valid)  # before prefill: its warm-up writes cache column 0
     hid_prompt = dec.prefill(tokens, valid)  # [b, P, d]
     # Deterministic per-row choice of greedy vs sampled.

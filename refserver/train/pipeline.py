@@ -32,15 +32,23 @@ log = logging.getLogger("refserver.train.pipeline")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def _tokenize(tok, prompts: list[dict]) -> list[list[int]]:
     return [tok.encode(tok.apply_chat_template(p["messages"])) for p in prompts]
 
 
-def _derived_ids(tok, samples: list[Sample], kinds: list[str], max_prompt_tokens: int,
-                 banned: set[tuple[int, ...]], seed: int) -> list[list[int]]:
+def _derived_ids(
+    tok,
+    samples: list[Sample],
+    kinds: list[str],
+    max_prompt_tokens: int,
+    banned: set[tuple[int, ...]],
+    seed: int,
+) -> list[list[int]]:
     """Token ids of the derived prompts built from `samples`' answers (kinds[s.index] is the
     kind of the prompt each answered)."""
     answers = [(kinds[s.index], tok.decode(s.tokens[s.prompt_len :].tolist())) for s in samples]
@@ -91,8 +99,12 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     target, tok = load_model(args.gguf, dtype=dtype, device=device)
     stop_ids = set(tok.stop_ids)
-    log.info("target loaded in %.1fs on %s (%s)", time.monotonic() - t_start, device,
-             torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+    log.info(
+        "target loaded in %.1fs on %s (%s)",
+        time.monotonic() - t_start,
+        device,
+        torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    )
 
     # ---- data -------------------------------------------------------------------------------
     heldout = _read_jsonl(args.heldout)
@@ -102,10 +114,17 @@ def main() -> None:
         train_prompts = train_prompts[: args.max_prompts]
     train_ids = _tokenize(tok, train_prompts)
     banned = {tuple(h) for h in heldout_ids}
-    keep = [i for i, ids in enumerate(train_ids)
-            if len(ids) <= args.max_prompt_tokens and tuple(ids) not in banned]
-    log.info("training prompts: %d read, %d kept (<= %d tokens, not held out)",
-             len(train_ids), len(keep), args.max_prompt_tokens)
+    keep = [
+        i
+        for i, ids in enumerate(train_ids)
+        if len(ids) <= args.max_prompt_tokens and tuple(ids) not in banned
+    ]
+    log.info(
+        "training prompts: %d read, %d kept (<= %d tokens, not held out)",
+        len(train_ids),
+        len(keep),
+        args.max_prompt_tokens,
+    )
     train_ids = [train_ids[i] for i in keep]
 
     # Pass 0 answers every prompt (mostly greedy). Pass 1 answers "derived" prompts built from
@@ -121,24 +140,36 @@ def main() -> None:
         if left <= 0:
             break
         if gen_pass == 1:
-            ids = _derived_ids(tok, samples, [train_prompts[i]["kind"] for i in keep],
-                               args.max_prompt_tokens, banned, args.seed)
+            ids = _derived_ids(
+                tok,
+                samples,
+                [train_prompts[i]["kind"] for i in keep],
+                args.max_prompt_tokens,
+                banned,
+                args.seed,
+            )
             derived_count = len(ids)
         else:
             order = list(range(len(train_ids)))
             random.Random(args.seed + gen_pass).shuffle(order)
             ids = [train_ids[i] for i in order]
-        gcfg = GenConfig(batch_size=args.batch, max_new_tokens=args.max_new,
-                         sample_fraction=args.sample_fraction if gen_pass < 2 else 1.0,
-                         temperature=0.8 if gen_pass < 2 else 0.9,
-                         seed=args.seed + gen_pass, time_budget_s=left)
+        gcfg = GenConfig(
+            batch_size=args.batch,
+            max_new_tokens=args.max_new,
+            sample_fraction=args.sample_fraction if gen_pass < 2 else 1.0,
+            temperature=0.8 if gen_pass < 2 else 0.9,
+            seed=args.seed + gen_pass,
+            time_budget_s=left,
+        )
         gcfgs.append(asdict(gcfg))
         if gen_pass == 0:
             # keep[] maps pass-0 indices back to train_prompts (for the derived prompts' kinds)
             keep = [keep[i] for i in order]
         new = generate(target, ids, stop_ids, gcfg)
-        kinds_by_pass.append(f"pass {gen_pass}: {len(ids)} prompts, {len(new)} answered, "
-                             f"{sum(len(x.tokens) - x.prompt_len for x in new)} answer tokens")
+        kinds_by_pass.append(
+            f"pass {gen_pass}: {len(ids)} prompts, {len(new)} answered, "
+            f"{sum(len(x.tokens) - x.prompt_len for x in new)} answer tokens"
+        )
         log.info(kinds_by_pass[-1])
         samples += new
     gen_s = time.monotonic() - t0
@@ -164,9 +195,14 @@ def main() -> None:
     rng.shuffle(samples)
     n_val = max(1, int(len(samples) * args.val_fraction))
     val_samples, train_samples = samples[:n_val], samples[n_val:]
-    tcfg = TrainConfig(chain_steps=args.chain_steps, rows_per_batch=args.rows,
-                       row_len=args.row_len, lr=args.lr, time_budget_s=args.train_budget,
-                       seed=args.seed)
+    tcfg = TrainConfig(
+        chain_steps=args.chain_steps,
+        rows_per_batch=args.rows,
+        row_len=args.row_len,
+        lr=args.lr,
+        time_budget_s=args.train_budget,
+        seed=args.seed,
+    )
     if args.tiny:
         tcfg = replace(tcfg, warmup_steps=2, val_every=2, log_every=1)
     train_data = pack(train_samples, tcfg.row_len, device)
@@ -185,18 +221,29 @@ def main() -> None:
     # ---- evaluate on the held-out prompts, with the saved (bf16) weights ---------------------
     head = MTPHead.load(weights, target)
     t0 = time.monotonic()
-    held = generate(target, heldout_ids, stop_ids,
-                    GenConfig(batch_size=len(heldout_ids), max_new_tokens=args.eval_max_new))
+    held = generate(
+        target,
+        heldout_ids,
+        stop_ids,
+        GenConfig(batch_size=len(heldout_ids), max_new_tokens=args.eval_max_new),
+    )
     kinds = [h["kind"] for h in heldout]
     by_kind = acceptance_by_group(head, held, kinds, steps=args.eval_steps)
     acc_all = by_kind.pop("all")
     per_kind = {k: v.as_dict() for k, v in by_kind.items()}
     held_packed = pack(held, max(len(s.tokens) for s in held), device)
-    held_kl, held_agree = evaluate_loss(head.placed_like(target, torch.float32), target,
-                                        held_packed, replace(tcfg, rows_per_batch=8))
+    held_kl, held_agree = evaluate_loss(
+        head.placed_like(target, torch.float32),
+        target,
+        held_packed,
+        replace(tcfg, rows_per_batch=8),
+    )
     val_greedy = [s for s in val_samples if s.greedy][:48]
-    acc_val = acceptance(head.placed_like(target), val_greedy, steps=args.eval_steps) \
-        if val_greedy else None
+    acc_val = (
+        acceptance(head.placed_like(target), val_greedy, steps=args.eval_steps)
+        if val_greedy
+        else None
+    )
     log.info("held-out acceptance: %s", acc_all.as_dict())
     log.info("held-out per kind: %s", per_kind)
     log.info("held-out teacher-forced KL %s agree %s", held_kl, held_agree)
@@ -223,8 +270,12 @@ def main() -> None:
         "total_seconds": round(time.monotonic() - t_start, 1),
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    log.info("done in %.0fs; weights %s (%d bytes)", metrics["total_seconds"], weights,
-             weights.stat().st_size)
+    log.info(
+        "done in %.0fs; weights %s (%d bytes)",
+        metrics["total_seconds"],
+        weights,
+        weights.stat().st_size,
+    )
 
 
 if __name__ == "__main__":

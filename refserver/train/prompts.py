@@ -624,8 +624,9 @@ def derived_prompts(answers: list[tuple[str, str]], seed: int = 0) -> list[dict[
         code = re.findall(r"```(?:python)?\n(.*?)```", text, flags=re.S)
         code = [c.strip("\n") for c in code if 80 <= len(c) <= 900]
         if code:
-            out.append(("derived-code",
-                        f"{rng.choice(CODE_TASKS)}\n\n```python\n{rng.choice(code)}\n```"))
+            out.append(
+                ("derived-code", f"{rng.choice(CODE_TASKS)}\n\n```python\n{rng.choice(code)}\n```")
+            )
             continue
         paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
         paras = [p for p in paras if 150 <= len(p) <= 900 and "```" not in p]
@@ -636,10 +637,13 @@ def derived_prompts(answers: list[tuple[str, str]], seed: int = 0) -> list[dict[
                 para = _typos(para, rng, rate=0.08)
             out.append(("derived-text", f"{task}\n\n{para}"))
     kept, dropped = exclude_heldout(out, load_heldout())
-    log.info("derived prompts: %d kept, %d dropped for overlapping held-out prompts", len(kept),
-             dropped)
-    return [{"id": f"derived-{i}", "kind": k, "messages": [{"role": "user", "content": p}]}
-            for i, (k, p) in enumerate(kept)]
+    log.info(
+        "derived prompts: %d kept, %d dropped for overlapping held-out prompts", len(kept), dropped
+    )
+    return [
+        {"id": f"derived-{i}", "kind": k, "messages": [{"role": "user", "content": p}]}
+        for i, (k, p) in enumerate(kept)
+    ]
 
 
 def load_heldout(path: Path = HELDOUT_PATH) -> list[str]:

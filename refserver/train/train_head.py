@@ -76,16 +76,21 @@ class Packed:
         return self.tokens.shape[0]
 
     def select(self, rows: Tensor) -> Packed:
-        return Packed(*(getattr(self, f)[rows] for f in
-                        ("hidden", "tokens", "positions", "doc", "has_hidden", "is_answer")))
+        return Packed(
+            *(
+                getattr(self, f)[rows]
+                for f in ("hidden", "tokens", "positions", "doc", "has_hidden", "is_answer")
+            )
+        )
 
 
 def pack(samples: list[Sample], row_len: int, device: torch.device) -> Packed:
     """First-fit packing, in the given order, of whole samples into rows of `row_len`."""
     fitting = [s for s in samples if len(s.tokens) <= row_len]
     if len(fitting) < len(samples):
-        log.warning("pack: %d samples longer than row_len=%d dropped",
-                    len(samples) - len(fitting), row_len)
+        log.warning(
+            "pack: %d samples longer than row_len=%d dropped", len(samples) - len(fitting), row_len
+        )
     rows: list[list[Sample]] = []
     fill: list[int] = []
     for s in fitting:
@@ -120,8 +125,13 @@ def pack(samples: list[Sample], row_len: int, device: torch.device) -> Packed:
             out.has_hidden[r, at : at + n - 1] = True
             out.is_answer[r, at + s.prompt_len : at + n] = True
             at += n
-    log.info("packed %d samples into %d rows of %d (%.1f%% filled)", len(fitting), R, row_len,
-             100.0 * sum(fill) / max(1, R * row_len))
+    log.info(
+        "packed %d samples into %d rows of %d (%.1f%% filled)",
+        len(fitting),
+        R,
+        row_len,
+        100.0 * sum(fill) / max(1, R * row_len),
+    )
     return out
 
 
@@ -144,7 +154,11 @@ class _ChunkedKL(torch.autograd.Function):
         agree = torch.zeros((), dtype=torch.long, device=s.device)
         grad = torch.empty_like(s)
         for i in range(0, s.shape[0], chunk):
-            sc, tc, wc = s[i : i + chunk].to(W.dtype), t[i : i + chunk].to(W.dtype), w[i : i + chunk]
+            sc, tc, wc = (
+                s[i : i + chunk].to(W.dtype),
+                t[i : i + chunk].to(W.dtype),
+                w[i : i + chunk],
+            )
             ls = torch.log_softmax((sc @ W.T).float(), dim=-1)
             lt = torch.log_softmax((tc @ W.T).float(), dim=-1)
             pt = lt.exp()
@@ -164,15 +178,17 @@ class _ChunkedKL(torch.autograd.Function):
 
 def batch_loss(
     head: MTPHead, target: Transformer, b: Packed, cfg: TrainConfig
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Weighted sum over chained steps of the mean KL; also per-step mean KL and top-1 agreement
-    as device tensors [steps] (reading them forces a host sync: do it only when logging)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Weighted sum over chained steps of the mean KL; also per-step mean KL, top-1 agreement and
+    number of predicted tokens, as device tensors [steps] (reading them forces a host sync: do
+    it only when logging)."""
     outs = head.chained_forward(b.hidden, b.tokens, b.positions, b.doc, cfg.chain_steps)
     W = target.output.weight
     dev = b.tokens.device
     total = torch.zeros((), device=dev)
     kls = torch.full((cfg.chain_steps,), float("nan"), device=dev)
     agrees = torch.full((cfg.chain_steps,), float("nan"), device=dev)
+    counts = torch.zeros(cfg.chain_steps, device=dev)
     for k, g in enumerate(outs, start=1):
         valid = (b.doc >= 0) & (_shift(b.doc, k, -2) == b.doc) & _shift(b.has_hidden, k, False)
         answer = _shift(b.is_answer, k + 1, False)
@@ -189,7 +205,8 @@ def batch_loss(
         total = total + cfg.step_weights[k - 1] * kl
         kls[k - 1] = kl.detach()
         agrees[k - 1] = agree.float() / sel[0].numel()
-    return total, kls, agrees
+        counts[k - 1] = sel[0].numel()
+    return total, kls, agrees, counts
 
 
 @dataclass
@@ -202,10 +219,13 @@ class History:
     val: list[dict] = field(default_factory=list)
 
 
-def _lr(step: int, total: int, cfg: TrainConfig) -> float:
+def _lr(step: int, frac: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over the first steps, then cosine decay over the fraction `frac` of the
+    time budget spent. (Run 2 fitted a step count from the first 20 steps' time instead; those
+    included warm-up overhead, so it stopped at 165 s of its 270 s budget.)"""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    frac = min(1.0, max(0.0, frac))
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
@@ -213,28 +233,38 @@ def _lr(step: int, total: int, cfg: TrainConfig) -> float:
 def evaluate_loss(
     head: MTPHead, target: Transformer, data: Packed, cfg: TrainConfig
 ) -> tuple[list[float], list[float]]:
-    """Mean per-step KL and argmax agreement over all rows of `data` (teacher-forced tokens)."""
+    """Per-step KL and argmax agreement over all rows of `data` (teacher-forced tokens), averaged
+    over predicted tokens."""
     was_training = head.training
     head.eval()
     sums_kl = [0.0] * cfg.chain_steps
     sums_ag = [0.0] * cfg.chain_steps
-    batches = 0
+    totals = [0.0] * cfg.chain_steps
     for i in range(0, data.rows, cfg.rows_per_batch):
-        b = data.select(torch.arange(i, min(i + cfg.rows_per_batch, data.rows),
-                                     device=data.tokens.device))
+        b = data.select(
+            torch.arange(i, min(i + cfg.rows_per_batch, data.rows), device=data.tokens.device)
+        )
         with _autocast(b.tokens.device):
-            _, kls, ags = batch_loss(head, target, b, cfg)
-        for k in range(cfg.chain_steps):
-            sums_kl[k] += float(kls[k])
-            sums_ag[k] += float(ags[k])
-        batches += 1
+            _, kls, ags, counts = batch_loss(head, target, b, cfg)
+        for k, (kl, ag, n) in enumerate(
+            zip(kls.tolist(), ags.tolist(), counts.tolist(), strict=True)
+        ):
+            if n > 0:
+                sums_kl[k] += kl * n
+                sums_ag[k] += ag * n
+                totals[k] += n
     head.train(was_training)
-    return [x / batches for x in sums_kl], [x / batches for x in sums_ag]
+    nan = float("nan")
+    return (
+        [x / n if n else nan for x, n in zip(sums_kl, totals, strict=True)],
+        [x / n if n else nan for x, n in zip(sums_ag, totals, strict=True)],
+    )
 
 
 def _autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=device.type == "cuda")
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+    )
 
 
 def train(
@@ -247,27 +277,23 @@ def train(
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     hist = History(config=asdict(cfg))
-    total_steps = cfg.max_steps
     t0 = time.monotonic()
     step = 0
     seen = torch.zeros((), dtype=torch.long, device=device)
-    while step < total_steps:
-        if step == 20:
-            # Fit the cosine schedule to the time budget, from the measured step time.
-            per_step = (time.monotonic() - t0) / step
-            total_steps = min(cfg.max_steps, max(step + 1, int(cfg.time_budget_s / per_step)))
-            log.info("%.3fs per step -> %d steps in %.0fs", per_step, total_steps,
-                     cfg.time_budget_s)
-        if time.monotonic() - t0 > cfg.time_budget_s:
+    while step < cfg.max_steps:
+        frac = (time.monotonic() - t0) / cfg.time_budget_s
+        if frac > 1.0:
             log.info("time budget reached at step %d", step)
             break
+        lr = _lr(step, frac, cfg)
         for group in opt.param_groups:
-            group["lr"] = _lr(step, total_steps, cfg)
-        rows = torch.tensor(rng.sample(range(data.rows), min(cfg.rows_per_batch, data.rows)),
-                            device=device)
+            group["lr"] = lr
+        rows = torch.tensor(
+            rng.sample(range(data.rows), min(cfg.rows_per_batch, data.rows)), device=device
+        )
         b = data.select(rows)
         with _autocast(device):
-            loss, kls, ags = batch_loss(head, target, b, cfg)
+            loss, kls, ags, _ = batch_loss(head, target, b, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -276,22 +302,35 @@ def train(
         seen = seen + (b.doc >= 0).sum()
         if step % cfg.log_every == 0 or step == 1:
             kls, ags = kls.tolist(), ags.tolist()
-            hist.train.append({"step": step, "kl": kls, "agree": ags, "lr": _lr(step, total_steps, cfg)})
-            log.info("step %d  kl %s  agree %s  lr %.2e  %.0fs", step,
-                     [round(x, 3) for x in kls], [round(x, 3) for x in ags],
-                     _lr(step, total_steps, cfg), time.monotonic() - t0)
+            hist.train.append({"step": step, "kl": kls, "agree": ags, "lr": lr})
+            log.info(
+                "step %d  kl %s  agree %s  lr %.2e  %.0fs",
+                step,
+                [round(x, 3) for x in kls],
+                [round(x, 3) for x in ags],
+                lr,
+                time.monotonic() - t0,
+            )
         if val is not None and (step % cfg.val_every == 0):
             vk, va = evaluate_loss(head, target, val, cfg)
             hist.val.append({"step": step, "kl": vk, "agree": va})
-            log.info("val step %d  kl %s  agree %s", step, [round(x, 3) for x in vk],
-                     [round(x, 3) for x in va])
+            log.info(
+                "val step %d  kl %s  agree %s",
+                step,
+                [round(x, 3) for x in vk],
+                [round(x, 3) for x in va],
+            )
     hist.steps = step
     hist.seconds = time.monotonic() - t0
     hist.tokens_seen = int(seen)
     if val is not None and (not hist.val or hist.val[-1]["step"] != step):
         vk, va = evaluate_loss(head, target, val, cfg)
         hist.val.append({"step": step, "kl": vk, "agree": va})
-        log.info("val step %d  kl %s  agree %s", step, [round(x, 3) for x in vk],
-                 [round(x, 3) for x in va])
+        log.info(
+            "val step %d  kl %s  agree %s",
+            step,
+            [round(x, 3) for x in vk],
+            [round(x, 3) for x in va],
+        )
     head.eval()
     return hist
