@@ -84,8 +84,10 @@ void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& pr
   // tile. Derived from shapes only, so the grid never depends on tensor values.
   const int64_t target_blocks = 4 * int64_t(multiprocessors(token_ids_all.device().index()));
   const int64_t tokens = B * (s.prompt_capacity + s.generated_capacity);
-  int64_t seg_tiles = std::max<int64_t>(1, tokens / (target_blocks * kTileTokens));
-  int64_t seg = seg_tiles * kTileTokens;
+  const int threads = block_threads_for(s.prompt_capacity + s.generated_capacity);
+  const int64_t tile = int64_t(threads) * kItemsPerThread;
+  int64_t seg_tiles = std::max<int64_t>(1, tokens / (target_blocks * tile));
+  int64_t seg = seg_tiles * tile;
   auto segs_of = [&](int64_t width) { return (width + seg - 1) / seg; };
   while (B * (segs_of(s.prompt_capacity) + segs_of(s.generated_capacity)) >= (int64_t(1) << 31)) {
     seg *= 2;  // only for absurd shapes: fewer, longer segments
@@ -118,7 +120,7 @@ void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& pr
   int64_t* base = ws.mutable_data_ptr<int64_t>();
   p.done = reinterpret_cast<unsigned int*>(base);
   p.keys = reinterpret_cast<unsigned long long*>(base + 1);
-  C10_CUDA_CHECK(launch_hybrid_mtp_ngram(p, stream));
+  C10_CUDA_CHECK(launch_hybrid_mtp_ngram(p, threads, stream));
 }
 
 }  // namespace

@@ -8,9 +8,10 @@
 
 namespace specgate {
 
-constexpr int kBlockThreads = 256;  // threads per block, search and finalisation alike
 constexpr int kItemsPerThread = 8;  // haystack tokens each thread loads per tile
-constexpr int kTileTokens = kBlockThreads * kItemsPerThread;  // 2048 tokens = 16 KiB
+// Threads per block (search and finalisation alike): 128 for short rows (more blocks resident
+// per SM, since short rows are latency-bound), 256 otherwise. A tile is 8 tokens per thread.
+inline int block_threads_for(int64_t row_tokens) { return row_tokens <= 4096 ? 128 : 256; }
 
 struct NgramParams {
   const int64_t* token_ids_all;  // [B, s_all]
@@ -36,6 +37,6 @@ struct NgramParams {
 };
 
 // Enqueue the op on `stream`. No host synchronisation, no allocation.
-cudaError_t launch_hybrid_mtp_ngram(const NgramParams& p, cudaStream_t stream);
+cudaError_t launch_hybrid_mtp_ngram(const NgramParams& p, int block_threads, cudaStream_t stream);
 
 }  // namespace specgate

@@ -83,8 +83,7 @@
 namespace specgate {
 namespace {
 
-constexpr int kWarps = kBlockThreads / 32;
-constexpr int kRowsPerThread = 8;  // finalisation: consecutive rows per thread per tile
+constexpr int kRowsPerThread = 4;  // finalisation: rows r = base + k * BLOCK + tid, k < 4
 constexpr unsigned kFull = 0xffffffffu;
 
 // What both phases need to know about one row; computed identically in both.
@@ -108,41 +107,44 @@ __device__ __forceinline__ RowInfo row_info(const NgramParams& p, int64_t r) {
   return ri;
 }
 
-__device__ __forceinline__ unsigned long long warp_max(unsigned long long v) {
+// ---- block-wide helpers (BLOCK threads, BLOCK / 32 warps; results valid in every thread) ----
+
+template <int BLOCK>
+__device__ unsigned long long block_max(unsigned long long v, unsigned long long* smem) {
+  constexpr int kWarps = BLOCK / 32;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const unsigned long long w = __shfl_xor_sync(kFull, v, o);
     v = w > v ? w : v;
   }
-  return v;
-}
-
-// Max over the block; the result is valid in every thread. `smem` holds kWarps values.
-__device__ unsigned long long block_max(unsigned long long v, unsigned long long* smem) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_max(v);
   if (lane == 0) smem[warp] = v;
   __syncthreads();
-  v = lane < kWarps ? smem[lane] : 0ull;
-  v = warp_max(v);  // every warp reduces the kWarps partials itself: no second barrier needed
+  v = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) v = smem[w] > v ? smem[w] : v;
   __syncthreads();  // smem may be reused right after
   return v;
 }
 
+template <int BLOCK>
 __device__ int64_t block_sum(int64_t v, int64_t* smem) {
+  constexpr int kWarps = BLOCK / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
   if (lane == 0) smem[warp] = v;
   __syncthreads();
-  v = lane < kWarps ? smem[lane] : 0;
+  v = 0;
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  for (int w = 0; w < kWarps; ++w) v += smem[w];
   __syncthreads();
   return v;
 }
 
+template <int BLOCK>
 __device__ int64_t block_min(int64_t v, int64_t* smem) {
+  constexpr int kWarps = BLOCK / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -151,20 +153,19 @@ __device__ int64_t block_min(int64_t v, int64_t* smem) {
   }
   if (lane == 0) smem[warp] = v;
   __syncthreads();
-  v = lane < kWarps ? smem[lane] : INT64_MAX;
+  v = INT64_MAX;
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const int64_t w = __shfl_xor_sync(kFull, v, o);
-    v = w < v ? w : v;
-  }
+  for (int w = 0; w < kWarps; ++w) v = smem[w] < v ? smem[w] : v;
   __syncthreads();
   return v;
 }
 
-// Exclusive prefix sums of two values over the block's threads, plus the block totals.
-// `smem` holds 2 * kWarps values.
+// Exclusive prefix sums of two values over the block's threads (in thread order), plus the
+// block totals. `smem` holds 2 * BLOCK / 32 values.
+template <int BLOCK>
 __device__ void block_exclusive_scan2(int64_t a, int64_t b, int64_t& prefix_a, int64_t& prefix_b,
                                       int64_t& total_a, int64_t& total_b, int64_t* smem) {
+  constexpr int kWarps = BLOCK / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   int64_t ia = a, ib = b;  // inclusive within the warp
 #pragma unroll
@@ -185,7 +186,7 @@ __device__ void block_exclusive_scan2(int64_t a, int64_t b, int64_t& prefix_a, i
   total_a = 0;
   total_b = 0;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) {  // 8 warps: a short serial loop beats another barrier
+  for (int w = 0; w < kWarps; ++w) {  // 4-8 warps: a short serial loop beats another barrier
     if (w < warp) {
       before_a += smem[w];
       before_b += smem[kWarps + w];
@@ -198,30 +199,49 @@ __device__ void block_exclusive_scan2(int64_t a, int64_t b, int64_t& prefix_a, i
   prefix_b = before_b + ib - b;
 }
 
+// Copy m continuation tokens. __restrict__ lets the loads of a group issue before its stores
+// (otherwise every load waits for the previous store: one memory round trip per token).
+// Returns the last token copied (for pad_to_max).
+__device__ __forceinline__ int64_t copy_tokens(int64_t* __restrict__ out,
+                                               const int64_t* __restrict__ src, int64_t m) {
+  int64_t j = 0, last = 0;
+  for (; j + 4 <= m; j += 4) {
+    const int64_t a = src[j], b = src[j + 1], c = src[j + 2], d = src[j + 3];
+    out[j] = a;
+    out[j + 1] = b;
+    out[j + 2] = c;
+    out[j + 3] = d;
+    last = d;
+  }
+  for (; j < m; ++j) out[j] = last = src[j];
+  return last;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Phase 2: threshold pass, copies, padding and workspace reset, in one block.
+// Rows are taken in tiles of kRowsPerThread * BLOCK; thread t owns rows base + k * BLOCK + t,
+// so that for B <= BLOCK every thread has at most one row and all row loads of a tile are
+// issued together. Sub-tile k is scanned after sub-tile k - 1 (rows stay in order).
 // ---------------------------------------------------------------------------------------------
+template <int BLOCK>
 __device__ void finalise(const NgramParams& p) {
-  __shared__ int64_t smem[2 * kWarps];
+  __shared__ int64_t smem[2 * BLOCK / 32];
   const int64_t B = p.batch;
   const int64_t thr = p.threshold;
 
   int64_t active = 0;  // U0 = rows with seq_lens_decoder > 0
-  for (int64_t r = threadIdx.x; r < B; r += kBlockThreads) active += p.seq_lens_decoder[r] > 0;
-  const int64_t U0 = block_sum(active, smem);
+  for (int64_t r = threadIdx.x; r < B; r += BLOCK) active += p.seq_lens_decoder[r] > 0;
+  const int64_t U0 = block_sum<BLOCK>(active, smem);
 
-  int64_t carry_c = 0, carry_e = 0;  // sums over earlier tiles
-  bool cut = false;                  // b* lies in an earlier tile
-  for (int64_t base = 0; base < B; base += int64_t(kBlockThreads) * kRowsPerThread) {
-    const int64_t r0 = base + int64_t(threadIdx.x) * kRowsPerThread;
-    // Per-row state kept compact (32-bit fields, one bit mask) so the kernel stays at a
-    // register count that keeps several search blocks resident per SM.
+  int64_t carry_c = 0, carry_e = 0;  // sums over earlier sub-tiles
+  bool cut = false;                  // b* lies in an earlier sub-tile
+  for (int64_t base = 0; base < B; base += int64_t(BLOCK) * kRowsPerThread) {
+    // Per-row state kept compact (32-bit fields, bit masks): registers stay <= 64 per thread.
     int32_t ori[kRowsPerThread], um[kRowsPerThread], end[kRowsPerThread];
-    uint32_t elig = 0, in_gen = 0;  // bit k: row r0 + k is eligible / matched in pre_ids
-    int64_t sum_c = 0, sum_e = 0;
+    uint32_t elig = 0, in_gen = 0;  // bit k: row of sub-tile k is eligible / matched in pre_ids
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k) {
-      const int64_t r = r0 + k;
+      const int64_t r = base + k * BLOCK + threadIdx.x;
       ori[k] = 0;
       um[k] = 0;
       end[k] = 0;
@@ -245,116 +265,119 @@ __device__ void finalise(const NgramParams& p) {
         }
         um[k] = static_cast<int32_t>(avail < ri.budget ? avail : ri.budget);  // <= K < 2^31
       }
-      sum_c += int64_t(ori[k]) + um[k];
-      sum_e += (elig >> k) & 1u;
     }
-    int64_t pre_c, pre_e, tile_c, tile_e;
-    block_exclusive_scan2(sum_c, sum_e, pre_c, pre_e, tile_c, tile_e, smem);
-
-    // First affected row of this tile (see the proof at the top of the file), and the running
-    // total / active count at that row.
-    int64_t b_star = -1;  // -1: b* is in an earlier tile, every row here gets nothing
-    int64_t first = INT64_MAX, first_total = 0, first_unproc = 0;
-    if (!cut) {
-      int64_t run_c = carry_c + pre_c, run_e = carry_e + pre_e;
-#pragma unroll
-      for (int k = 0; k < kRowsPerThread; ++k) {
-        const bool e_k = (elig >> k) & 1u;
-        run_e += e_k;
-        const int64_t total = run_c + ori[k], unproc = U0 - run_e;
-        if (e_k && first == INT64_MAX &&
-            (total + unproc >= thr - 1 || total + unproc + um[k] > thr)) {
-          first = r0 + k;
-          first_total = total;
-          first_unproc = unproc;
-        }
-        run_c += int64_t(ori[k]) + um[k];
-      }
-      b_star = block_min(first, smem);
-    }
-
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k) {
-      const int64_t r = r0 + k;
-      if (r >= B) continue;
-      int64_t len = ori[k];
-      int64_t m = 0;
-      if (r < b_star) {
-        m = um[k];
-      } else if (r == b_star) {  // this thread found b*: apply the threshold rule exactly
-        const int64_t budget =
-            row_budget(p.max_draft_tokens, ori[k], p.max_dec_len[r], p.step_idx[r]);
-        m = tokens_after_threshold(budget, first_total, first_unproc, thr, um[k]);
-      }
-      if (((elig >> k) & 1u) && m > 0) {  // um > 0 implies a searchable row with a match
-        const int64_t* src = ((in_gen >> k) & 1u) ? p.pre_ids + r * p.s_pre + end[k] + 1
-                                                  : p.token_ids_all + r * p.s_all + end[k] + 1;
-        int64_t* out = p.draft_tokens + r * p.width + ori[k];
-        for (int64_t j = 0; j < m; ++j) out[j] = src[j];
-        len += m;
-        p.seq_lens_this_time[r] = static_cast<int32_t>(len);
-      }
-      if (p.pad_to_max && len > 0 && len < p.max_draft_tokens + 1) {  // SPEC §1.4
+      if (base + k * BLOCK >= B) break;  // uniform
+      const int64_t r = base + k * BLOCK + threadIdx.x;
+      const bool e_k = (elig >> k) & 1u;
+      int64_t pre_c, pre_e, sub_c, sub_e;
+      block_exclusive_scan2<BLOCK>(int64_t(ori[k]) + um[k], e_k, pre_c, pre_e, sub_c, sub_e,
+                                   smem);
+      // T_b and u_b of the proof at the top of the file, and the first affected row.
+      const int64_t total = carry_c + pre_c + ori[k];
+      const int64_t unproc = U0 - (carry_e + pre_e + e_k);
+      const bool affected = r < B && e_k &&
+                            (total + unproc >= thr - 1 || total + unproc + um[k] > thr);
+      const int64_t b_star = cut ? -1 : block_min<BLOCK>(affected ? r : INT64_MAX, smem);
+      if (r < B) {
+        int64_t len = ori[k], m = 0;
+        if (r < b_star) {
+          m = um[k];
+        } else if (r == b_star) {  // apply the threshold rule exactly, with true totals
+          const int64_t budget =
+              row_budget(p.max_draft_tokens, ori[k], p.max_dec_len[r], p.step_idx[r]);
+          m = tokens_after_threshold(budget, total, unproc, thr, um[k]);
+        }
         int64_t* row = p.draft_tokens + r * p.width;
-        const int64_t last = row[len - 1];
-        for (int64_t j = len; j <= p.max_draft_tokens; ++j) row[j] = last;
-        p.seq_lens_this_time[r] = static_cast<int32_t>(p.max_draft_tokens + 1);
+        int64_t last = 0;
+        if (e_k && m > 0) {  // um > 0 implies a searchable row with a match
+          const int64_t* src = ((in_gen >> k) & 1u) ? p.pre_ids + r * p.s_pre + end[k] + 1
+                                                    : p.token_ids_all + r * p.s_all + end[k] + 1;
+          last = copy_tokens(row + ori[k], src, m);
+          len += m;
+          p.seq_lens_this_time[r] = static_cast<int32_t>(len);
+        }
+        if (p.pad_to_max && len > 0 && len < p.max_draft_tokens + 1) {  // SPEC §1.4
+          if (m == 0) last = row[len - 1];
+          for (int64_t j = len; j <= p.max_draft_tokens; ++j) row[j] = last;
+          p.seq_lens_this_time[r] = static_cast<int32_t>(p.max_draft_tokens + 1);
+        }
+        p.keys[2 * r] = 0ull;  // leave the workspace zero for the next call
+        p.keys[2 * r + 1] = 0ull;
       }
-      p.keys[2 * r] = 0ull;  // leave the workspace zero for the next call
-      p.keys[2 * r + 1] = 0ull;
+      if (b_star != INT64_MAX) cut = true;
+      carry_c += sub_c;
+      carry_e += sub_e;
     }
-    if (b_star != INT64_MAX) cut = true;
-    carry_c += tile_c;
-    carry_e += tile_e;
   }
   if (threadIdx.x == 0) *p.done = 0u;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Phase 1: search one segment of one haystack of one row; the last block to finish finalises.
+// The memory round trips are the cost at small shapes, so the block issues its row's scalars,
+// its first tile (bounded by the haystack's capacity, known from shapes) and the cross-block
+// keys all at once, and only then decides what to compare.
 // ---------------------------------------------------------------------------------------------
-__global__ void __launch_bounds__(kBlockThreads, 4)  // <= 64 registers: 4 blocks per SM
+template <int BLOCK>
+__global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)  // <= 64 registers: 1024 threads per SM
     hybrid_mtp_ngram_kernel(const NgramParams p) {
-  __shared__ unsigned long long red[kWarps];
+  constexpr int kTile = BLOCK * kItemsPerThread;
+  __shared__ unsigned long long red[BLOCK / 32];
   __shared__ bool is_last;
   const int64_t row = blockIdx.x % p.batch;
   const int64_t seg = blockIdx.x / p.batch;  // segment-major: every row's first segment first
+  const bool in_grid = seg < p.segs_prompt + p.segs_gen;
+  const bool gen = seg >= p.segs_prompt;
+  const int64_t cap = gen ? p.s_pre : p.s_all;
+  const int64_t* hay = gen ? p.pre_ids + row * p.s_pre : p.token_ids_all + row * p.s_all;
+  const int64_t begin = (gen ? seg - p.segs_prompt : seg) * p.seg_tokens;
+  const int64_t cap_end = begin + p.seg_tokens < cap - 1 ? begin + p.seg_tokens : cap - 1;
+  unsigned long long* my_key = p.keys + 2 * row + (gen ? 1 : 0);
+
+  // All independent loads first: the row's scalars, the first tile, the keys.
+  const RowInfo ri = row_info(p, row);
+  int64_t v[kItemsPerThread];
+#pragma unroll
+  for (int i = 0; i < kItemsPerThread; ++i) {
+    const int64_t e = begin + i * BLOCK + threadIdx.x;
+    v[i] = in_grid && e < cap_end ? __ldg(hay + e) : 0;  // inside the row's capacity
+  }
+  const bool check_first = gen || seg > 0;
+  unsigned long long key_prompt = 0, key_own = 0;
+  if (threadIdx.x == 0 && in_grid && check_first) {
+    key_prompt = __ldcg(p.keys + 2 * row);
+    key_own = __ldcg(my_key);
+  }
 
   unsigned long long best = 0;  // this thread's best key
-  const RowInfo ri = row_info(p, row);
-  if (ri.searchable && ri.n_hi >= p.min_ngram_size && seg < p.segs_prompt + p.segs_gen) {
-    const bool gen = seg >= p.segs_prompt;
-    const int64_t* hay = gen ? p.pre_ids + row * p.s_pre : p.token_ids_all + row * p.s_all;
-    const int64_t len = gen ? ri.step : ri.plen;  // generated haystack excludes pre_ids[step]
-    const int64_t begin = (gen ? seg - p.segs_prompt : seg) * p.seg_tokens;
-    const int64_t end_lim = begin + p.seg_tokens, last_e = len - 1;  // e <= len - 2
-    const int64_t end = end_lim < last_e ? end_lim : last_e;
+  const int64_t len = gen ? ri.step : ri.plen;  // generated haystack excludes pre_ids[step]
+  const int64_t end = cap_end < len - 1 ? cap_end : len - 1;  // e <= len - 2
+  if (in_grid && ri.searchable && ri.n_hi >= p.min_ngram_size && begin < end) {  // uniform
     const int64_t* pattern = p.pre_ids + row * p.s_pre + ri.step;  // pattern[-k], k < n_hi
     const int64_t last = __ldg(pattern);
     const uint32_t n_hi = static_cast<uint32_t>(ri.n_hi);
-    unsigned long long* my_key = p.keys + 2 * row + (gen ? 1 : 0);
-
-    // Can this block skip everything from `from` on? (thread 0 only; keys read from L2)
-    auto settled = [&](int64_t from) {
-      if (gen && match_len(__ldcg(p.keys + 2 * row)) == n_hi) return true;
-      const unsigned long long k = __ldcg(my_key);
-      return match_len(k) == n_hi && int64_t(match_end(k)) < from;
+    // Is everything from `from` on settled by what other blocks already found?
+    auto settled = [&](unsigned long long kp, unsigned long long ko, int64_t from) {
+      if (gen && match_len(kp) == n_hi) return true;  // the prompt wins ties
+      return match_len(ko) == n_hi && int64_t(match_end(ko)) < from;
     };
-    bool stop = begin >= end;
-    if (!stop && (gen || seg > 0)) stop = __syncthreads_or(threadIdx.x == 0 && settled(begin));
-
-    for (int64_t t0 = begin; !stop && t0 < end; t0 += kTileTokens) {
-      // Coalesced loads: item i of thread t is position t0 + i * 256 + t. All 8 loads are
-      // issued before the first compare, so each thread keeps 64 bytes in flight.
-      int64_t v[kItemsPerThread];
+    bool stop = check_first && __syncthreads_or(threadIdx.x == 0 &&
+                                                settled(key_prompt, key_own, begin));
+    for (int64_t t0 = begin; !stop && t0 < end; t0 += kTile) {
+      if (t0 != begin) {
+        // Coalesced: item i of thread t is position t0 + i * BLOCK + t; all loads in flight
+        // before the first compare.
 #pragma unroll
-      for (int i = 0; i < kItemsPerThread; ++i) {
-        const int64_t e = t0 + i * kBlockThreads + threadIdx.x;
-        v[i] = e < end ? __ldg(hay + e) : 0;
+        for (int i = 0; i < kItemsPerThread; ++i) {
+          const int64_t e = t0 + i * BLOCK + threadIdx.x;
+          v[i] = e < end ? __ldg(hay + e) : 0;
+        }
       }
 #pragma unroll
       for (int i = 0; i < kItemsPerThread; ++i) {
-        const int64_t e = t0 + i * kBlockThreads + threadIdx.x;
+        const int64_t e = t0 + i * BLOCK + threadIdx.x;
         if (e < end && v[i] == last) {
           // Rare path: extend the common suffix backwards (L(e) <= e + 1, capped at n_hi).
           uint32_t l = 1;
@@ -365,11 +388,14 @@ __global__ void __launch_bounds__(kBlockThreads, 4)  // <= 64 registers: 4 block
       }
       // Stop after this tile if any thread found a full-length window (nothing further right
       // can beat it), or if another block settled this haystack before the next tile.
-      const bool full = match_len(best) == n_hi;
-      const int64_t next = t0 + kTileTokens;
-      stop = __syncthreads_or(full || (threadIdx.x == 0 && next < end && settled(next)));
+      const int64_t next = t0 + kTile;
+      bool give_up = false;
+      if (threadIdx.x == 0 && next < end) {
+        give_up = settled(__ldcg(p.keys + 2 * row), __ldcg(my_key), next);
+      }
+      stop = __syncthreads_or(match_len(best) == n_hi || give_up);
     }
-    best = block_max(best, red);
+    best = block_max<BLOCK>(best, red);
     if (threadIdx.x == 0 && best != 0) atomicMax(my_key, best);
   }
 
@@ -382,13 +408,18 @@ __global__ void __launch_bounds__(kBlockThreads, 4)  // <= 64 registers: 4 block
   __syncthreads();
   if (!is_last) return;
   __threadfence();
-  finalise(p);
+  finalise<BLOCK>(p);
 }
 
 }  // namespace
 
-cudaError_t launch_hybrid_mtp_ngram(const NgramParams& p, cudaStream_t stream) {
-  hybrid_mtp_ngram_kernel<<<static_cast<unsigned>(p.num_blocks), kBlockThreads, 0, stream>>>(p);
+cudaError_t launch_hybrid_mtp_ngram(const NgramParams& p, int block_threads, cudaStream_t stream) {
+  const unsigned grid = static_cast<unsigned>(p.num_blocks);
+  if (block_threads == 128) {
+    hybrid_mtp_ngram_kernel<128><<<grid, 128, 0, stream>>>(p);
+  } else {
+    hybrid_mtp_ngram_kernel<256><<<grid, 256, 0, stream>>>(p);
+  }
   return cudaGetLastError();
 }
 

@@ -73,6 +73,8 @@ def wild_batch(gen: torch.Generator, batch: int, s_all: int, s_pre: int, k: int)
         return torch.where(ints(0, 2, *shape) == 1, pick, ints(-big, big, *shape))
 
     lens = torch.where(ints(0, 2, batch) == 1, ints(-(2**31), 2**31, batch), ints(-2, k + 4, batch))
+    # Scalars stay structurally valid (those are checked before any work on every device).
+    max_n = int(torch.tensor([1, 3, 2**31, 2**63 - 1])[int(ints(0, 4, 1))])
     return Batch(
         token_ids_all=ints(-1, 4, batch, s_all),
         prompt_lens=torch.where(ints(0, 2, batch) == 1, extreme(batch), ints(-3, s_all + 3, batch)),
@@ -83,8 +85,8 @@ def wild_batch(gen: torch.Generator, batch: int, s_all: int, s_pre: int, k: int)
         seq_lens_this_time=lens.to(torch.int32),
         seq_lens_decoder=ints(-(2**31), 2**31, batch).to(torch.int32),
         max_dec_len=extreme(batch),
-        max_ngram_size=int(torch.tensor([1, 3, 2**31, 2**63 - 1])[int(ints(0, 4, 1))]),
-        min_ngram_size=int(torch.tensor([1, 2, 2**40])[int(ints(0, 3, 1))]),
+        max_ngram_size=max_n,
+        min_ngram_size=min(max_n, int(torch.tensor([1, 2, 2**40])[int(ints(0, 3, 1))])),
         max_draft_tokens=k,
         threshold=int(extreme(1)),
         pad_to_max=bool(ints(0, 2, 1)),

@@ -36,7 +36,7 @@ def main() -> int:
         print(f"valid batch {i}: B={batch.batch_size} {'ok' if ok else 'MISMATCH'}", flush=True)
     for i in range(12):
         batch = wild_batch(gen, batch=1 + 37 * i, s_all=1 + 500 * i, s_pre=1 + 90 * i, k=4)
-        outputs_of(op, batch, "cuda")
+        outputs_of(op, batch, "cuda")  # values are not checked on CUDA: all must stay in bounds
         torch.cuda.synchronize()
         print(f"wild batch {i}: B={batch.batch_size} ran", flush=True)
     print(f"sanitize_driver: {len(cases)} valid batches, {bad} mismatches; 12 wild batches")

@@ -184,3 +184,21 @@ def test_cuda_requested_but_not_built_is_a_clear_error(monkeypatch):
     assert cuda_ext.is_available("cuda") is False
     with pytest.raises(ValueError, match="device_type"):
         cuda_ext.is_available("tpu")
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="C++ exceptions thrown by the op crash the process on the GPU image's toolchain "
+    "(cuda_ext/NOTES.md); the Python entry point raises first there",
+)
+def test_cpp_checks_also_name_the_argument_and_row(cpu_op):
+    """Callers of torch.ops.specgate directly get the same errors from the C++ kernel."""
+    op = torch.ops.specgate.hybrid_mtp_ngram
+    batch = fd_unit_case()
+    args = list(opcheck_args(batch))
+    args[0] = batch.token_ids_all.int()
+    with pytest.raises(TypeError, match="token_ids_all: expected dtype"):
+        op(*args)
+    batch.step_idx[1] = 9
+    with pytest.raises(ValueError, match=r"step_idx\[1\] = 9"):
+        op(*opcheck_args(batch))
