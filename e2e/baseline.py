@@ -100,7 +100,7 @@ def check_fresh(baseline: Baseline, scenario_hash: str, path: Path, scenario_pat
         raise BaselineError(
             f"{path}: stale baseline: it was measured for scenario hash "
             f"{baseline.scenario_hash[:19]}, but {scenario_path.name} now hashes to "
-            f"{scenario_hash[:19]} (its server, requests or adapter changed). Run "
+            f"{scenario_hash[:19]} (its server command, a fingerprinted file, the requests or the adapter changed). Run "
             f"`specgate baseline update {scenario_path}` to re-measure it."
         )
 

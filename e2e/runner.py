@@ -244,6 +244,15 @@ def run_scenario(scenario: Scenario, pool: ServerPool) -> ScenarioResult:
 
 
 def _run_metrics(scenario: Scenario, pool: ServerPool, result: ScenarioResult) -> None:
+    result.baseline_path = str(scenario.baseline)
+    try:  # a missing or stale baseline fails before any server is launched
+        baseline = load_baseline(scenario.baseline)
+        result.baseline_provenance = baseline.provenance
+        check_fresh(baseline, scenario.hash, scenario.baseline, scenario.path)
+    except BaselineError as exc:
+        result.messages.append(str(exc))
+        result.status = "failed"
+        return
     endpoint = pool.endpoint(scenario.server, "server", name=scenario.name)
     result.server = endpoint.command or endpoint.url
     outcomes = measure(scenario, endpoint)
@@ -258,15 +267,6 @@ def _run_metrics(scenario: Scenario, pool: ServerPool, result: ScenarioResult) -
         result.messages.extend(
             f"invariant failed for {o.request_id}: {m}" for m in o.invariant_failures
         )
-    result.baseline_path = str(scenario.baseline)
-    try:
-        baseline = load_baseline(scenario.baseline)
-        result.baseline_provenance = baseline.provenance
-        check_fresh(baseline, scenario.hash, scenario.baseline, scenario.path)
-    except BaselineError as exc:
-        result.messages.append(str(exc))
-        result.status = "failed"
-        return
     result.rows = compare_with_baseline(scenario, outcomes, baseline)
     if errors or any(o.invariant_failures for o in outcomes) or not all(r.ok for r in result.rows):
         result.status = "failed"

@@ -82,6 +82,9 @@ class ServerSpec:
     metrics_url: str | None = None
     requires_modules: tuple[str, ...] = ()
     cwd: str | None = None  # working directory of the command (absolute once loaded)
+    # sha256 of files the server's behaviour depends on (e.g. draft-head weights), by the path
+    # written in the scenario: part of the scenario hash, so new weights make the baseline stale.
+    fingerprint: dict[str, str] = field(default_factory=dict)
 
     def key(self) -> str:
         """Identity used to share one launched server between scenarios with the same config."""
@@ -98,7 +101,10 @@ class ServerSpec:
         )
 
     def hash_payload(self) -> dict[str, Any]:
-        return {"command": self.command, "env": self.env}
+        payload: dict[str, Any] = {"command": self.command, "env": self.env}
+        if self.fingerprint:
+            payload["fingerprint"] = self.fingerprint
+        return payload
 
     def skip_reason(self) -> str | None:
         """Why this server cannot be launched here (command or module not installed), or None."""
@@ -423,6 +429,7 @@ def _read_server(reader: _Reader) -> ServerSpec:
             "metrics_url",
             "requires_modules",
             "cwd",
+            "fingerprint",
         ]
     )
     data = reader.mapping()
@@ -452,6 +459,12 @@ def _read_server(reader: _Reader) -> ServerSpec:
     health_path = reader.get("health_path", str, "/health")
     if not health_path.startswith("/"):
         raise reader.error("health_path", "a path starting with '/'", health_path)
+    fingerprint = {}
+    for i, name in enumerate(reader.get("fingerprint", list, [])):
+        target = reader.path.parent / str(name)
+        if not target.is_file():
+            raise reader.error(f"fingerprint[{i}]", "a file, relative to the scenario file", name)
+        fingerprint[str(name)] = hashlib.sha256(target.read_bytes()).hexdigest()
     modules = reader.get("requires_modules", list, [])
     cwd = reader.get("cwd", str, None)
     if cwd is not None:
@@ -468,6 +481,7 @@ def _read_server(reader: _Reader) -> ServerSpec:
         metrics_url=reader.get("metrics_url", str, None),
         requires_modules=tuple(str(m) for m in modules),
         cwd=cwd,
+        fingerprint=fingerprint,
     )
 
 

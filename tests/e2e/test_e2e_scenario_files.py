@@ -165,6 +165,19 @@ def test_hash_covers_what_is_measured_not_how_it_is_judged(tmp_path: Path) -> No
     assert load_scenario(write(tmp_path, other_request)).hash != base
 
 
+def test_fingerprinted_files_are_part_of_the_hash(tmp_path: Path) -> None:
+    weights = tmp_path / "head.safetensors"
+    weights.write_bytes(b"run 1")
+    data = with_change(["server", "fingerprint"], ["head.safetensors"])
+    first = load_scenario(write(tmp_path, data)).hash
+    assert first != load_scenario(write(tmp_path, VALID)).hash
+    weights.write_bytes(b"run 2")
+    assert load_scenario(write(tmp_path, data)).hash != first
+    missing = with_change(["server", "fingerprint"], ["nope.bin"])
+    with pytest.raises(ScenarioError, match=r"'server.fingerprint\[0\]': expected a file"):
+        load_scenario(write(tmp_path, missing))
+
+
 def test_placeholders_and_skip_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert substitute("--port={port} --m {port:metrics} {python}", {"": 1, "metrics": 2}, "py") == (
         "--port=1 --m 2 py"
