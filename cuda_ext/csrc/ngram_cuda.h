@@ -11,7 +11,7 @@ namespace specgate {
 constexpr int kItemsPerThread = 8;  // haystack tokens each thread loads per tile
 // Threads per block (search and finalisation alike): 128 for short rows (more blocks resident
 // per SM, since short rows are latency-bound), 256 otherwise. A tile is 8 tokens per thread.
-inline int block_threads_for(int64_t row_tokens) { return row_tokens <= 4096 ? 128 : 256; }
+inline int block_threads_for(int64_t row_tokens) { return row_tokens <= 8192 ? 128 : 256; }
 
 struct NgramParams {
   const int64_t* token_ids_all;  // [B, s_all]

@@ -229,9 +229,15 @@ __device__ void finalise(const NgramParams& p) {
   const int64_t B = p.batch;
   const int64_t thr = p.threshold;
 
-  int64_t active = 0;  // U0 = rows with seq_lens_decoder > 0
-  for (int64_t r = threadIdx.x; r < B; r += BLOCK) active += p.seq_lens_decoder[r] > 0;
-  const int64_t U0 = block_sum<BLOCK>(active, smem);
+  // U0 = rows with seq_lens_decoder > 0. With one tile (B <= 4 * BLOCK, the common case) the
+  // counts are loaded together with the tile's rows below, saving a memory round trip.
+  const bool single_tile = B <= int64_t(BLOCK) * kRowsPerThread;
+  int64_t U0 = 0;
+  if (!single_tile) {
+    int64_t active = 0;
+    for (int64_t r = threadIdx.x; r < B; r += BLOCK) active += p.seq_lens_decoder[r] > 0;
+    U0 = block_sum<BLOCK>(active, smem);
+  }
 
   int64_t carry_c = 0, carry_e = 0;  // sums over earlier sub-tiles
   bool cut = false;                  // b* lies in an earlier sub-tile
@@ -239,6 +245,7 @@ __device__ void finalise(const NgramParams& p) {
     // Per-row state kept compact (32-bit fields, bit masks): registers stay <= 64 per thread.
     int32_t ori[kRowsPerThread], um[kRowsPerThread], end[kRowsPerThread];
     uint32_t elig = 0, in_gen = 0;  // bit k: row of sub-tile k is eligible / matched in pre_ids
+    int64_t active = 0;
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k) {
       const int64_t r = base + k * BLOCK + threadIdx.x;
@@ -246,6 +253,7 @@ __device__ void finalise(const NgramParams& p) {
       um[k] = 0;
       end[k] = 0;
       if (r >= B) continue;
+      if (single_tile) active += p.seq_lens_decoder[r] > 0;
       const RowInfo ri = row_info(p, r);
       ori[k] = static_cast<int32_t>(ri.ori);
       elig |= uint32_t(ri.eligible) << k;
@@ -264,8 +272,19 @@ __device__ void finalise(const NgramParams& p) {
           in_gen |= 1u << k;
         }
         um[k] = static_cast<int32_t>(avail < ri.budget ? avail : ri.budget);  // <= K < 2^31
+        if (um[k] > 0) {
+          // The copy happens after the scans; pull its source line into L1 now, so the copy
+          // costs an L1 hit instead of another DRAM round trip.
+          const int64_t* src = ((in_gen >> k) & 1u) ? p.pre_ids + r * p.s_pre + end[k] + 1
+                                                    : p.token_ids_all + r * p.s_all + end[k] + 1;
+          asm volatile("prefetch.global.L1 [%0];" ::"l"(src));
+        }
+      }
+      if (p.pad_to_max && ri.ori > 0 && ri.ori <= p.max_draft_tokens) {  // may need row[ori-1]
+        asm volatile("prefetch.global.L1 [%0];" ::"l"(p.draft_tokens + r * p.width + ri.ori - 1));
       }
     }
+    if (single_tile) U0 = block_sum<BLOCK>(active, smem);  // uniform branch
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k) {
       if (base + k * BLOCK >= B) break;  // uniform
@@ -375,6 +394,14 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)  // <= 64 registers: 1024
           v[i] = e < end ? __ldg(hay + e) : 0;
         }
       }
+      // The cross-block keys for the check at the end of this tile are read now, so that
+      // their L2 round trip overlaps the tile's loads instead of following them.
+      const int64_t next = t0 + kTile;
+      unsigned long long kp = 0, ko = 0;
+      if (threadIdx.x == 0 && next < end) {
+        kp = __ldcg(p.keys + 2 * row);
+        ko = __ldcg(my_key);
+      }
 #pragma unroll
       for (int i = 0; i < kItemsPerThread; ++i) {
         const int64_t e = t0 + i * BLOCK + threadIdx.x;
@@ -388,11 +415,7 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)  // <= 64 registers: 1024
       }
       // Stop after this tile if any thread found a full-length window (nothing further right
       // can beat it), or if another block settled this haystack before the next tile.
-      const int64_t next = t0 + kTile;
-      bool give_up = false;
-      if (threadIdx.x == 0 && next < end) {
-        give_up = settled(__ldcg(p.keys + 2 * row), __ldcg(my_key), next);
-      }
+      const bool give_up = threadIdx.x == 0 && next < end && settled(kp, ko, next);
       stop = __syncthreads_or(match_len(best) == n_hi || give_up);
     }
     best = block_max<BLOCK>(best, red);
