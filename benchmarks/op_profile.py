@@ -1,6 +1,6 @@
 """Run the op on one sweep point a few times, for Nsight Compute (ncu) to profile.
 
-    ncu --clock-control none -k regex:hybrid --launch-skip 4 -c 2 --set full \
+    ncu --clock-control none -k regex:hybrid --launch-skip 3 -c 2 --set full \
         python -m benchmarks.op_profile --batch 256 --prompt 8192 --generated 256 --pattern early
 
 It reuses the sweep's inputs (benchmarks.op_sweep), so a profile explains a row of its table.

@@ -8,7 +8,7 @@ python3 -m cuda_ext.build > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/profile.txt"
 profile() {  # batch prompt generated pattern
   echo "=== point B=$1 prompt=$2 gen=$3 pattern=$4" | tee -a "$OUT/profile.txt"
-  timeout 120 ncu --clock-control none -k regex:hybrid --launch-skip 8 -c 4 \
+  timeout 120 ncu --clock-control none -k regex:hybrid --launch-skip 3 -c 2 \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section MemoryWorkloadAnalysis \
     --section SchedulerStats --section WarpStateStats \
     python3 -m benchmarks.op_profile --batch $1 --prompt $2 --generated $3 --pattern $4 --calls 6 \
