@@ -50,15 +50,14 @@ def hybrid_mtp_ngram(
         "min_ngram_size": min_ngram_size,
         "max_draft_tokens": max_draft_tokens,
         "threshold": threshold,
+        "pad_to_max": pad_to_max,
     }
     shapes = check_structure(tensors, scalars)
-    if not isinstance(pad_to_max, bool):
-        raise TypeError(f"pad_to_max: expected a bool, got {pad_to_max!r}")
+    check_values(shapes, prompt_lens.cpu(), step_idx.cpu(), seq_lens_this_time.cpu())
 
     lens = _flat(seq_lens_this_time.cpu())
     prompt_len_list = _flat(prompt_lens.cpu())
     step_list = _flat(step_idx.cpu())
-    check_values(shapes, prompt_len_list, step_list, lens)
 
     token_cpu = token_ids_all.cpu()
     pre_cpu = pre_ids.cpu()

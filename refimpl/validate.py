@@ -29,6 +29,10 @@ class HybridArgumentError(ValueError):
     """Bad input to hybrid_mtp_ngram; the message names the argument (and the row, for values)."""
 
 
+class HybridArgumentTypeError(HybridArgumentError, TypeError):
+    """An argument of the wrong type or dtype (both a ValueError and a TypeError)."""
+
+
 @dataclass(frozen=True)
 class Shapes:
     batch: int
@@ -44,9 +48,11 @@ def check_structure(tensors: dict[str, torch.Tensor], scalars: dict[str, int]) -
     for name, (dtype, ranks) in TENSOR_ARGS.items():
         t = tensors[name]
         if not isinstance(t, torch.Tensor):
-            raise HybridArgumentError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            raise HybridArgumentTypeError(
+                f"{name}: expected a torch.Tensor, got {type(t).__name__}"
+            )
         if t.dtype != dtype:
-            raise HybridArgumentError(f"{name}: expected dtype {dtype}, got {t.dtype}")
+            raise HybridArgumentTypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
         if t.dim() not in ranks:
             shapes = " or ".join("[B]" if r == 1 else "[B, S]" for r in ranks)
             if ranks == (1, 2):
@@ -68,8 +74,11 @@ def check_structure(tensors: dict[str, torch.Tensor], scalars: dict[str, int]) -
             raise HybridArgumentError(f"{name}: on {t.device}, but token_ids_all is on {device}")
 
     for name, value in scalars.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise HybridArgumentError(f"{name}: expected an int, got {value!r}")
+        if name == "pad_to_max":
+            if not isinstance(value, bool):
+                raise HybridArgumentTypeError(f"pad_to_max: expected a bool, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise HybridArgumentTypeError(f"{name}: expected an int, got {value!r}")
     if scalars["min_ngram_size"] < 1:
         raise HybridArgumentError(f"min_ngram_size: must be >= 1, got {scalars['min_ngram_size']}")
     if scalars["max_ngram_size"] < scalars["min_ngram_size"]:
@@ -97,30 +106,33 @@ def check_structure(tensors: dict[str, torch.Tensor], scalars: dict[str, int]) -
 
 def check_values(
     shapes: Shapes,
-    prompt_lens: list[int],
-    step_idx: list[int],
-    seq_lens_this_time: list[int],
+    prompt_lens: torch.Tensor,
+    step_idx: torch.Tensor,
+    seq_lens_this_time: torch.Tensor,
 ) -> None:
-    """Out-of-range values (SPEC §1.5), naming the row.
+    """Out-of-range values (SPEC §1.5), naming the first bad row.
 
-    ``step_idx`` is only checked on active rows (``seq_lens_this_time > 0``): inactive slots
-    may hold stale values and are never read. ``prompt_lens`` is checked likewise.
+    ``prompt_lens`` and ``step_idx`` are only checked on active rows (``seq_lens_this_time >
+    0``): inactive slots may hold stale values and are never read. Vectorised, so the CPU op
+    can afford it on every call; on CUDA tensors it syncs the host, so it is a separate call.
     """
-    for b, length in enumerate(seq_lens_this_time):
-        if not 0 <= length <= shapes.draft_width:
-            raise HybridArgumentError(
-                f"seq_lens_this_time[{b}] = {length}: must be in [0, {shapes.draft_width}] "
-                f"(the width of draft_tokens)"
-            )
-        if length == 0:
-            continue
-        if not 0 <= prompt_lens[b] <= shapes.prompt_capacity:
-            raise HybridArgumentError(
-                f"prompt_lens[{b}] = {prompt_lens[b]}: must be in [0, {shapes.prompt_capacity}] "
-                f"(the width of token_ids_all)"
-            )
-        if not 0 <= step_idx[b] < shapes.generated_capacity:
-            raise HybridArgumentError(
-                f"step_idx[{b}] = {step_idx[b]}: must be in [0, {shapes.generated_capacity}) "
-                f"(the width of pre_ids) for an active row"
-            )
+    lens = seq_lens_this_time.reshape(-1).to(torch.int64)
+    plen, steps = prompt_lens.reshape(-1), step_idx.reshape(-1)
+    active = lens > 0
+    width, s_all, s_pre = shapes.draft_width, shapes.prompt_capacity, shapes.generated_capacity
+    problems = [
+        ((lens < 0) | (lens > width), "seq_lens_this_time", lens,
+         f"must be in [0, {width}] (the width of draft_tokens)"),
+        (active & ((plen < 0) | (plen > s_all)), "prompt_lens", plen,
+         f"must be in [0, {s_all}] (the width of token_ids_all)"),
+        (active & ((steps < 0) | (steps >= s_pre)), "step_idx", steps,
+         f"must be in [0, {s_pre}) (the width of pre_ids) for an active row"),
+    ]  # fmt: skip
+    bad_rows = [
+        (int(torch.nonzero(bad)[0]), name, values, rule)
+        for bad, name, values, rule in problems
+        if bool(bad.any())
+    ]
+    if bad_rows:  # the first bad row in row order, as a sequential check would report it
+        row, name, values, rule = min(bad_rows, key=lambda item: item[0])
+        raise HybridArgumentError(f"{name}[{row}] = {int(values[row])}: {rule}")

@@ -65,13 +65,14 @@ def _hybrid(bugs: set[str], *args, threshold: int = 1024, pad_to_max: bool = Fal
             "min_ngram_size": min_n,
             "max_draft_tokens": k,
             "threshold": threshold,
+            "pad_to_max": pad_to_max,
         },
     )
+    check_values(shapes, prompt_lens, step_idx, seq_lens_this_time)
     plens = prompt_lens.reshape(-1).tolist()
     steps = step_idx.reshape(-1).tolist()
     dec_lens = max_dec_len.reshape(-1).tolist()
     lens = seq_lens_this_time.tolist()
-    check_values(shapes, plens, steps, lens)
     original = list(lens)
     drafts = draft_tokens.tolist()
 
