@@ -22,6 +22,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from refserver.metrics import RequestMetrics
+
 CONFIG: dict[str, Any] = {}
 STARTED = time.monotonic()
 COUNTERS = {"drafts": 0, "draft_tokens": 0, "accepted": 0, "per_pos": [0, 0, 0]}
@@ -30,19 +32,8 @@ LOCK = threading.Lock()
 
 
 def speculate_metrics(accept_nums: list[int], k: int) -> dict[str, Any]:
-    steps = len(accept_nums)
-    per_head = [sum(1 for a in accept_nums if a > i) for i in range(k + 1)]
-    accepted = sum(accept_nums)
-    return {
-        "accepted_tokens": accepted,
-        "rejected_tokens": steps * (k + 1) - accepted,
-        "accept_ratio": 1 - steps / accepted if accepted else 0.0,
-        "average_accept_length": accepted / steps if steps else 0.0,
-        "accepted_tokens_per_head": per_head,
-        "accept_ratio_per_head": [
-            per_head[i + 1] / per_head[i] if per_head[i] else 0.0 for i in range(k)
-        ],
-    }
+    """SPEC §2 from the configured accept_nums: the same formulas refserver reports with."""
+    return RequestMetrics(K=k, accept_nums=list(accept_nums)).to_dict()
 
 
 def tokens() -> list[str]:
