@@ -267,6 +267,10 @@ def _autocast(device: torch.device):
     )
 
 
+def _rounded(values: list[float]) -> list[float]:
+    return [round(x, 3) for x in values]
+
+
 def train(
     head: MTPHead, target: Transformer, data: Packed, val: Packed | None, cfg: TrainConfig
 ) -> History:
@@ -277,6 +281,12 @@ def train(
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     hist = History(config=asdict(cfg))
+
+    def validate(step: int) -> None:
+        vk, va = evaluate_loss(head, target, val, cfg)
+        hist.val.append({"step": step, "kl": vk, "agree": va})
+        log.info("val step %d  kl %s  agree %s", step, _rounded(vk), _rounded(va))
+
     t0 = time.monotonic()
     step = 0
     seen = torch.zeros((), dtype=torch.long, device=device)
@@ -312,25 +322,11 @@ def train(
                 time.monotonic() - t0,
             )
         if val is not None and (step % cfg.val_every == 0):
-            vk, va = evaluate_loss(head, target, val, cfg)
-            hist.val.append({"step": step, "kl": vk, "agree": va})
-            log.info(
-                "val step %d  kl %s  agree %s",
-                step,
-                [round(x, 3) for x in vk],
-                [round(x, 3) for x in va],
-            )
+            validate(step)
     hist.steps = step
     hist.seconds = time.monotonic() - t0
     hist.tokens_seen = int(seen)
     if val is not None and (not hist.val or hist.val[-1]["step"] != step):
-        vk, va = evaluate_loss(head, target, val, cfg)
-        hist.val.append({"step": step, "kl": vk, "agree": va})
-        log.info(
-            "val step %d  kl %s  agree %s",
-            step,
-            [round(x, 3) for x in vk],
-            [round(x, 3) for x in va],
-        )
+        validate(step)
     head.eval()
     return hist
