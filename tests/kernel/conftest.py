@@ -11,6 +11,7 @@ import torch
 from refimpl import impls
 
 DEFAULT_SEED = 20261127
+KERNEL_SEED = pytest.StashKey[int]()  # resolved once per session, "random" included
 
 
 def pytest_configure(config):
@@ -26,7 +27,7 @@ def pytest_configure(config):
             raise pytest.UsageError(
                 f"--kernel-seed {seed!r}: expected an integer or 'random'"
             ) from None
-    config._kernel_seed = seed
+    config.stash[KERNEL_SEED] = seed
     if config.getoption("--kernel-device") == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError("--kernel-device cuda: torch.cuda.is_available() is False here")
 
@@ -35,7 +36,7 @@ def pytest_report_header(config):
     return (
         f"kernel suite: --impl {config.getoption('--impl') or '(default: op, else oracle)'} "
         f"--kernel-profile {config.getoption('--kernel-profile')} "
-        f"--kernel-seed {config._kernel_seed} --kernel-device {config.getoption('--kernel-device')}"
+        f"--kernel-seed {config.stash[KERNEL_SEED]} --kernel-device {config.getoption('--kernel-device')}"
     )
 
 
@@ -55,7 +56,7 @@ def impl(pytestconfig, kernel_device) -> impls.Impl:
 
 @pytest.fixture(scope="session")
 def kernel_seed(pytestconfig) -> int:
-    return pytestconfig._kernel_seed
+    return pytestconfig.stash[KERNEL_SEED]
 
 
 @pytest.fixture(scope="session")
