@@ -37,10 +37,20 @@ class Sample:
     pre-final-norm hidden state at every token but the last; prompt_len; greedy flag."""
 
     tokens: Tensor
-    hidden: Tensor
+    hidden: Tensor | None  # None for samples read back as token ids (see `recompute_hidden`)
     prompt_len: int
     greedy: bool
     index: int = -1  # position of its prompt in the list given to `generate`
+    source: int = 0  # generation pass that produced it (0 = original prompts)
+
+    def truncated(self, max_new_tokens: int) -> Sample:
+        """The same sample with its answer cut to `max_new_tokens` (a greedy answer cut at n
+        tokens is what a request with max_tokens=n gets)."""
+        n = min(len(self.tokens), self.prompt_len + max_new_tokens)
+        hidden = None if self.hidden is None else self.hidden[: n - 1]
+        return Sample(
+            self.tokens[:n], hidden, self.prompt_len, self.greedy, self.index, self.source
+        )
 
 
 @torch.no_grad()
@@ -85,6 +95,48 @@ def generate(
             n_tokens / (time.monotonic() - t0),
         )
     return [results[i] for i in range(len(prompts)) if i in results]
+
+
+@torch.no_grad()
+def recompute_hidden(
+    model: Transformer, samples: list[Sample], max_batch_tokens: int = 131072, max_rows: int = 256
+) -> list[Sample]:
+    """The samples with `hidden` recomputed by one batched prefill over each whole sequence (the
+    target is deterministic, so token ids are enough to store training data: this costs ~1/50 of
+    generating them). Returns new Samples on the model's device, in the given order."""
+    if not samples:
+        return []
+    device = model.tok_embeddings.weight.device
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].tokens))
+    batches: list[list[int]] = [[]]
+    for i in order:  # ascending length: the last row added is the longest
+        rows = len(batches[-1]) + 1
+        if rows > max_rows or rows * len(samples[i].tokens) > max_batch_tokens:
+            batches.append([])
+        batches[-1].append(i)
+    max_len = len(samples[order[-1]].tokens)
+    dec = _Decoder(model, max(len(b) for b in batches), max_len)
+    out: list[Sample | None] = [None] * len(samples)
+    for idx in batches:
+        seqs = [samples[i].tokens for i in idx]
+        T = max(len(t) for t in seqs)
+        tokens = torch.zeros(len(idx), T, dtype=torch.long, device=device)
+        valid = torch.ones(len(idx), max_len, dtype=torch.bool, device=device)
+        for r, t in enumerate(seqs):
+            tokens[r, T - len(t) :] = t.to(device)
+            valid[r, : T - len(t)] = False
+        hid = dec.prefill(tokens, valid)
+        for r, i in enumerate(idx):
+            s, n = samples[i], len(seqs[r])
+            out[i] = Sample(
+                s.tokens.to(device),
+                hid[r, T - n : T - 1].clone(),
+                s.prompt_len,
+                s.greedy,
+                s.index,
+                s.source,
+            )
+    return out  # type: ignore[return-value]
 
 
 class _Decoder:

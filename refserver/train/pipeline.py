@@ -1,12 +1,15 @@
 """One command: generate the target's answers -> train the MTP head -> evaluate -> save.
 
-This is what ran on the GPU machine (see refserver/MTP_CARD.md for the exact command):
+This is what ran on the GPU machine (see refserver/MTP_CARD.md for the exact commands):
 
     python -m refserver.train.pipeline --gguf /root/smollm.gguf \
-        --prompts .carry/mtp/train_prompts.jsonl --out $OUT
+        --prompts .carry/mtp/train_prompts.jsonl --out $OUT [--init-head H] [--save-data D]
 
-Writes to --out: mtp_head.safetensors, metrics.json, train_log.txt.
-A CPU smoke test of the whole path (tiny sizes, a few steps): add --tiny.
+Writes to --out: mtp_head.safetensors, metrics.json, train_log.txt, target_token_rank.safetensors
+(answer-token frequencies, see token_rank.py) and heldout/data-000.npz (the held-out greedy
+answers as token ids, for coverage numbers only). --save-data D keeps the generated answers as
+token ids; --load-data D trains on such ids again instead of generating (hidden states are
+recomputed). A CPU smoke test of the whole path (tiny sizes, a few steps): add --tiny.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import torch
 
 from refserver.model import load_model
 from refserver.mtp_head import MTPHead
+from refserver.train.data import load_samples, save_samples
 from refserver.train.evaluate import acceptance, acceptance_by_group
-from refserver.train.generate import GenConfig, Sample, generate
+from refserver.train.generate import GenConfig, Sample, generate, recompute_hidden
 from refserver.train.prompts import HELDOUT_PATH, derived_prompts
+from refserver.train.token_rank import answer_counts, coverage, save_rank
 from refserver.train.train_head import TrainConfig, evaluate_loss, pack, train
 
 log = logging.getLogger("refserver.train.pipeline")
@@ -57,27 +62,118 @@ def _derived_ids(
     return [x for x in ids if tuple(x) not in banned]
 
 
+def _generate_passes(
+    args: argparse.Namespace,
+    target,
+    tok,
+    train_prompts: list[dict],
+    keep: list[int],
+    train_ids: list[list[int]],
+    banned: set[tuple[int, ...]],
+) -> tuple[list[Sample], list[dict], list[str], int]:
+    """Pass 0 answers every prompt (mostly greedy). Pass 1 answers "derived" prompts built from
+    pass 0's own answers (edit this paragraph / this code), for general-English rewriting data.
+    Later passes answer the original prompts again, sampled, while the budget lasts."""
+    stop_ids = set(tok.stop_ids)
+    t0 = time.monotonic()
+    samples: list[Sample] = []
+    gcfgs: list[dict] = []
+    passes: list[str] = []
+    derived_count = 0
+    for gen_pass in range(args.gen_passes):
+        left = args.gen_budget - (time.monotonic() - t0)
+        if left <= 0:
+            break
+        if gen_pass == 1:
+            ids = _derived_ids(
+                tok,
+                samples,
+                [train_prompts[i]["kind"] for i in keep],
+                args.max_prompt_tokens,
+                banned,
+                args.seed,
+            )
+            derived_count = len(ids)
+        else:
+            order = list(range(len(train_ids)))
+            random.Random(args.seed + gen_pass).shuffle(order)
+            ids = [train_ids[i] for i in order]
+        gcfg = GenConfig(
+            batch_size=args.batch,
+            max_new_tokens=args.max_new,
+            sample_fraction=args.sample_fraction if gen_pass < 2 else 1.0,
+            temperature=args.temperature,
+            seed=args.seed + gen_pass,
+            time_budget_s=left,
+        )
+        gcfgs.append(asdict(gcfg))
+        if gen_pass == 0:
+            # keep[] maps pass-0 indices back to train_prompts (for the derived prompts' kinds)
+            keep = [keep[i] for i in order]
+        new = generate(target, ids, stop_ids, gcfg)
+        for s in new:
+            s.source = gen_pass
+        passes.append(
+            f"pass {gen_pass}: {len(ids)} prompts, {len(new)} answered, "
+            f"{sum(len(x.tokens) - x.prompt_len for x in new)} answer tokens"
+        )
+        log.info(passes[-1])
+        samples += new
+    return samples, gcfgs, passes, derived_count
+
+
+def _initial_head(args: argparse.Namespace, target) -> MTPHead:
+    """A fresh head, or (--init-head) saved weights to continue from, as float32 trainables."""
+    if args.init_head is None:
+        head = MTPHead.from_target(target, seed=args.seed)
+    else:
+        head = MTPHead.load(args.init_head, target).requires_grad_(True)
+        log.info("warm start from %s", args.init_head)
+    return head.placed_like(target, torch.float32)
+
+
+def _heldout_report(
+    head: MTPHead, held: list[Sample], kinds: list[str], steps: int, max_new: int
+) -> dict:
+    """Acceptance on the held-out greedy answers cut at `max_new` tokens, overall and per kind."""
+    cut = [s.truncated(max_new) for s in held]
+    by_kind = acceptance_by_group(head, cut, kinds, steps=steps)
+    return {
+        "max_new_tokens": max_new,
+        "answer_tokens": sum(len(s.tokens) - s.prompt_len for s in cut),
+        "acceptance": by_kind.pop("all").as_dict(),
+        "acceptance_per_kind": {k: v.as_dict() for k, v in by_kind.items()},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gguf", type=Path, default=None)
-    ap.add_argument("--prompts", type=Path, required=True, help="training prompts (prompts.py)")
+    ap.add_argument("--prompts", type=Path, default=None, help="training prompts (prompts.py)")
     ap.add_argument("--heldout", type=Path, default=HELDOUT_PATH)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--init-head", type=Path, default=None, help="warm start from these weights")
+    ap.add_argument("--save-data", type=Path, default=None, help="keep answers as token ids here")
+    ap.add_argument(
+        "--load-data", type=Path, default=None, help="train on these ids, no generation"
+    )
     ap.add_argument("--max-prompts", type=int, default=0, help="0 = all")
     ap.add_argument("--max-prompt-tokens", type=int, default=400)
     ap.add_argument("--batch", type=int, default=768)
     ap.add_argument("--max-new", type=int, default=320)
-    ap.add_argument("--sample-fraction", type=float, default=0.25, help="in the first pass")
+    ap.add_argument("--sample-fraction", type=float, default=0.25, help="in passes 0 and 1")
+    ap.add_argument("--temperature", type=float, default=0.8, help="of sampled answers")
     ap.add_argument("--gen-passes", type=int, default=3)
     ap.add_argument("--gen-budget", type=float, default=150.0, help="seconds")
     ap.add_argument("--train-budget", type=float, default=240.0, help="seconds")
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--row-len", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--warmup-steps", type=int, default=100)
     ap.add_argument("--chain-steps", type=int, default=3)
     ap.add_argument("--val-fraction", type=float, default=0.03)
-    ap.add_argument("--eval-max-new", type=int, default=256)
+    ap.add_argument("--eval-max-new", type=int, nargs="+", default=[256, 96])
     ap.add_argument("--eval-steps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test sizes")
@@ -85,7 +181,9 @@ def main() -> None:
     if args.tiny:
         args.max_prompts, args.batch, args.max_new, args.gen_passes = 6, 6, 60, 3
         args.gen_budget, args.train_budget, args.rows, args.row_len = 60, 4, 2, 512
-        args.eval_max_new = 10
+        args.eval_max_new, args.warmup_steps = [10, 5], 2
+    if (args.prompts is None) == (args.load_data is None):
+        ap.error("give exactly one of --prompts (generate) and --load-data (reuse token ids)")
 
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
@@ -109,70 +207,39 @@ def main() -> None:
     # ---- data -------------------------------------------------------------------------------
     heldout = _read_jsonl(args.heldout)
     heldout_ids = _tokenize(tok, heldout)
-    train_prompts = _read_jsonl(args.prompts)
-    if args.max_prompts:
-        train_prompts = train_prompts[: args.max_prompts]
-    train_ids = _tokenize(tok, train_prompts)
     banned = {tuple(h) for h in heldout_ids}
-    keep = [
-        i
-        for i, ids in enumerate(train_ids)
-        if len(ids) <= args.max_prompt_tokens and tuple(ids) not in banned
-    ]
-    log.info(
-        "training prompts: %d read, %d kept (<= %d tokens, not held out)",
-        len(train_ids),
-        len(keep),
-        args.max_prompt_tokens,
-    )
-    train_ids = [train_ids[i] for i in keep]
-
-    # Pass 0 answers every prompt (mostly greedy). Pass 1 answers "derived" prompts built from
-    # pass 0's own answers (edit this paragraph / this code), for general-English rewriting
-    # data. Later passes answer the original prompts again, sampled, while the budget lasts.
     t0 = time.monotonic()
-    samples: list[Sample] = []
-    gcfgs = []
-    derived_count = 0
-    kinds_by_pass: list[str] = []
-    for gen_pass in range(args.gen_passes):
-        left = args.gen_budget - (time.monotonic() - t0)
-        if left <= 0:
-            break
-        if gen_pass == 1:
-            ids = _derived_ids(
-                tok,
-                samples,
-                [train_prompts[i]["kind"] for i in keep],
-                args.max_prompt_tokens,
-                banned,
-                args.seed,
-            )
-            derived_count = len(ids)
-        else:
-            order = list(range(len(train_ids)))
-            random.Random(args.seed + gen_pass).shuffle(order)
-            ids = [train_ids[i] for i in order]
-        gcfg = GenConfig(
-            batch_size=args.batch,
-            max_new_tokens=args.max_new,
-            sample_fraction=args.sample_fraction if gen_pass < 2 else 1.0,
-            temperature=0.8 if gen_pass < 2 else 0.9,
-            seed=args.seed + gen_pass,
-            time_budget_s=left,
+    gcfgs: list[dict] = []
+    if args.load_data is not None:
+        samples = load_samples(args.load_data)
+        clash = sum(tuple(s.tokens[: s.prompt_len].tolist()) in banned for s in samples)
+        if clash:
+            raise ValueError(f"--load-data {args.load_data}: {clash} samples have held-out prompts")
+        samples = recompute_hidden(target, samples)
+        passes, derived_count = [f"loaded from {args.load_data}"], 0
+    else:
+        train_prompts = _read_jsonl(args.prompts)
+        if args.max_prompts:
+            train_prompts = train_prompts[: args.max_prompts]
+        train_ids = _tokenize(tok, train_prompts)
+        keep = [
+            i
+            for i, ids in enumerate(train_ids)
+            if len(ids) <= args.max_prompt_tokens and tuple(ids) not in banned
+        ]
+        log.info(
+            "training prompts: %d read, %d kept (<= %d tokens, not held out)",
+            len(train_ids),
+            len(keep),
+            args.max_prompt_tokens,
         )
-        gcfgs.append(asdict(gcfg))
-        if gen_pass == 0:
-            # keep[] maps pass-0 indices back to train_prompts (for the derived prompts' kinds)
-            keep = [keep[i] for i in order]
-        new = generate(target, ids, stop_ids, gcfg)
-        kinds_by_pass.append(
-            f"pass {gen_pass}: {len(ids)} prompts, {len(new)} answered, "
-            f"{sum(len(x.tokens) - x.prompt_len for x in new)} answer tokens"
+        train_ids = [train_ids[i] for i in keep]
+        samples, gcfgs, passes, derived_count = _generate_passes(
+            args, target, tok, train_prompts, keep, train_ids, banned
         )
-        log.info(kinds_by_pass[-1])
-        samples += new
-    gen_s = time.monotonic() - t0
+    data_s = time.monotonic() - t0
+    if args.save_data is not None:
+        save_samples(samples, args.save_data)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     n_prompt = sum(s.prompt_len for s in samples)
@@ -182,14 +249,22 @@ def main() -> None:
         "greedy_samples": sum(s.greedy for s in samples),
         "prompt_tokens": n_prompt,
         "answer_tokens": n_answer,
+        "answer_tokens_per_source": {
+            str(src): sum(len(s.tokens) - s.prompt_len for s in samples if s.source == src)
+            for src in sorted({s.source for s in samples})
+        },
         "derived_prompts": derived_count,
-        "passes": kinds_by_pass,
-        "generation_seconds": round(gen_s, 1),
-        "answer_tokens_per_second": round(n_answer / gen_s, 1),
+        "passes": passes,
+        "data_seconds": round(data_s, 1),
     }
     log.info("data: %s", data_stats)
     for s in samples[:2]:
         log.info("example answer: %r", tok.decode(s.tokens[s.prompt_len :].tolist())[:300])
+
+    # Answer-token frequencies for the engine's restricted draft vocabulary (all passes).
+    counts = answer_counts(samples, target.config.vocab_size)
+    rank = save_rank(args.out / "target_token_rank.safetensors", counts)
+    log.info("token rank: %d answer tokens, coverage %s", counts.sum(), coverage(rank, counts))
 
     rng = random.Random(args.seed)
     rng.shuffle(samples)
@@ -200,17 +275,18 @@ def main() -> None:
         rows_per_batch=args.rows,
         row_len=args.row_len,
         lr=args.lr,
+        warmup_steps=args.warmup_steps,
         time_budget_s=args.train_budget,
         seed=args.seed,
     )
     if args.tiny:
-        tcfg = replace(tcfg, warmup_steps=2, val_every=2, log_every=1)
+        tcfg = replace(tcfg, val_every=2, log_every=1)
     train_data = pack(train_samples, tcfg.row_len, device)
     val_data = pack(val_samples, tcfg.row_len, device)
     del samples, train_samples
 
     # ---- train ------------------------------------------------------------------------------
-    head = MTPHead.from_target(target, seed=args.seed).placed_like(target, torch.float32)
+    head = _initial_head(args, target)
     hist = train(head, target, train_data, val_data, tcfg)
     weights = args.out / "mtp_head.safetensors"
     head.save(weights)
@@ -225,12 +301,12 @@ def main() -> None:
         target,
         heldout_ids,
         stop_ids,
-        GenConfig(batch_size=len(heldout_ids), max_new_tokens=args.eval_max_new),
+        GenConfig(batch_size=len(heldout_ids), max_new_tokens=max(args.eval_max_new)),
     )
+    save_samples(held, args.out / "heldout")
+    held_counts = answer_counts(held, target.config.vocab_size)
     kinds = [h["kind"] for h in heldout]
-    by_kind = acceptance_by_group(head, held, kinds, steps=args.eval_steps)
-    acc_all = by_kind.pop("all")
-    per_kind = {k: v.as_dict() for k, v in by_kind.items()}
+    reports = [_heldout_report(head, held, kinds, args.eval_steps, m) for m in args.eval_max_new]
     held_packed = pack(held, max(len(s.tokens) for s in held), device)
     held_kl, held_agree = evaluate_loss(
         head.placed_like(target, torch.float32),
@@ -244,8 +320,9 @@ def main() -> None:
         if val_greedy
         else None
     )
-    log.info("held-out acceptance: %s", acc_all.as_dict())
-    log.info("held-out per kind: %s", per_kind)
+    for r in reports:
+        log.info("held-out acceptance (<= %d new tokens): %s", r["max_new_tokens"], r["acceptance"])
+        log.info("held-out per kind: %s", r["acceptance_per_kind"])
     log.info("held-out teacher-forced KL %s agree %s", held_kl, held_agree)
     if acc_val:
         log.info("val (training distribution, greedy) acceptance: %s", acc_val.as_dict())
@@ -256,12 +333,16 @@ def main() -> None:
         "args": {k: str(v) for k, v in vars(args).items()},
         "data": data_stats,
         "gen_configs": gcfgs,
+        "token_rank": {
+            "answer_tokens": int(counts.sum()),
+            "train_coverage": coverage(rank, counts),
+            "heldout_answer_tokens": int(held_counts.sum()),
+            "heldout_coverage": coverage(rank, held_counts),
+        },
         "train": asdict(hist),
         "heldout": {
             "prompts": len(held),
-            "answer_tokens": sum(len(s.tokens) - s.prompt_len for s in held),
-            "acceptance": acc_all.as_dict(),
-            "acceptance_per_kind": per_kind,
+            "reports": reports,
             "teacher_forced_kl": held_kl,
             "teacher_forced_agree": held_agree,
             "eval_seconds": round(time.monotonic() - t0, 1),
