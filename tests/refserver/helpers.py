@@ -1,4 +1,5 @@
-"""Shared helpers for refserver tests: prompts, speculative configs, a real server launcher."""
+"""Shared helpers for refserver tests and benchmarks: prompts, speculative configs, a real server
+launcher."""
 
 from __future__ import annotations
 
@@ -17,11 +18,25 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = REPO / "refserver" / "assets" / "prompts" / "heldout.jsonl"
 MODEL = "SmolLM2-135M-Instruct"
+
+NGRAM = '{"method":"ngram","num_speculative_tokens":5,"max_ngram_size":3,"min_ngram_size":1}'
 HYBRID = (
     '{"method":"mtp","num_speculative_tokens":5,"num_model_steps":3,'
     '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
 )
-NGRAM = '{"method":"ngram","num_speculative_tokens":5,"max_ngram_size":3,"min_ngram_size":1}'
+# The named speculative configurations (FastDeploy `--speculative-config` JSON; None = no
+# speculation), defined once: the tests and benchmarks/bench_serving.py take them from here.
+SPEC_CONFIGS: dict[str, str | None] = {
+    "none": None,
+    "ngram K=5": NGRAM,
+    "mtp s=1": '{"method":"mtp","num_speculative_tokens":1,"num_model_steps":1}',
+    "mtp s=3": '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":3}',
+    "hybrid K=5 s=3": HYBRID,
+    "hybrid K=3 s=1": (
+        '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":1,'
+        '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
+    ),
+}
 
 
 def heldout_prompts() -> list[dict]:
@@ -54,9 +69,35 @@ class Server:
                 self.proc.wait()
         return self.proc.returncode
 
+    def wait_healthy(self, timeout: float = 180) -> Server:
+        """Block until GET /health answers 200; on exit or timeout raise with the log tail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"refserver exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.terminate()
+        raise RuntimeError(f"refserver not healthy after {timeout}s:\n{self.log_tail()}")
+
 
 def launch_server(tmp_path: Path, *extra: str, timeout: float = 180) -> Server:
     """Start `python -m refserver` in its own process group and wait for /health."""
+    return start_server(tmp_path, *extra).wait_healthy(timeout)
+
+
+def start_server(tmp_path: Path, *extra: str) -> Server:
+    """Start `python -m refserver` in its own process group without waiting (see wait_healthy).
+
+    Defaults: 8 slots, CPU, float32, seed 0, one torch thread; flags in `extra` come later on the
+    command line and override them (e.g. "--dtype", "bfloat16", "--threads", "2").
+    """
     port = free_port()
     log_path = tmp_path / f"refserver-{port}.log"
     cmd = [sys.executable, "-m", "refserver", "--host", "127.0.0.1", "--port", str(port)]
@@ -66,16 +107,4 @@ def launch_server(tmp_path: Path, *extra: str, timeout: float = 180) -> Server:
         proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"refserver exited with {proc.returncode}:\n{server.log_tail()}")
-        try:
-            if requests.get(server.url + "/health", timeout=1).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    server.terminate()
-    raise RuntimeError(f"refserver not healthy after {timeout}s:\n{server.log_tail()}")
+    return Server(proc, f"http://127.0.0.1:{port}", log_path)
