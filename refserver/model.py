@@ -99,9 +99,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Normalise in float32 whatever the weight dtype: bf16 variance loses too much.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        # F.rms_norm is one fused op where the pow/mean/rsqrt/mul chain was six.
+        xf = F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
+        return xf.to(x.dtype)
 
 
 class KVCache:
@@ -154,22 +154,75 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.flatten(-2).to(x.dtype)
 
 
+def rope_rotation(positions: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """Complex float32 rotations e^{i*angle} [B, T, 1, hd/2] for `positions` [B, T]: computed
+    once per forward and shared by every layer's q and k (see `apply_rope_complex`)."""
+    return torch.complex(rope[0][positions], rope[1][positions])[:, :, None, :]
+
+
+def apply_rope_complex(x: Tensor, rotation: Tensor) -> Tensor:
+    """`apply_rope` as one complex multiply: the interleaved pair (x0, x1) is x0 + i*x1, and
+    (x0 + i x1)(c + i s) = (x0 c - x1 s) + i (x0 s + x1 c). In float32 like `apply_rope`:
+    bf16 would round the rotated values of late positions. x [B, T, H, hd]."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * rotation).flatten(-2).to(x.dtype)
+
+
 @dataclass(frozen=True)
 class BatchInfo:
-    """Facts about a forward's batch computed once instead of in each of the 30 layers
-    (each would be a host sync on CUDA)."""
+    """Facts about a forward's batch, computed once instead of in each of the 30 layers.
+
+    The host facts (read length, slot and position layout) come from ONE device-to-host copy;
+    `rotation` and `mask` are device tensors that every layer shares.
+    """
 
     kv_len: int  # max position + 1: how much of the cache any query reads
     first_slot: int | None  # s when slots == [s, s+1, ..., s+B-1] (cache read as a view)
+    start: int | None  # p when B == 1 and positions == [p, ..., p+T-1] (cache write as a slice)
+    rotation: Tensor  # RoPE rotations [B, T, 1, hd/2] (see `rope_rotation`)
+    mask: Tensor | None  # additive attention mask [B, 1, T, kv_len]; None: every key visible
 
     @staticmethod
-    def of(positions: Tensor, slots: Tensor) -> BatchInfo:
-        slot_list = slots.tolist()
-        contiguous = slot_list == list(range(slot_list[0], slot_list[0] + len(slot_list)))
-        return BatchInfo(int(positions.max()) + 1, slot_list[0] if contiguous else None)
+    def of(
+        positions: Tensor,
+        slots: Tensor,
+        rope: tuple[Tensor, Tensor],
+        dtype: torch.dtype = torch.float32,
+    ) -> BatchInfo:
+        """`dtype`: the attention's compute dtype (SDPA wants the mask in the query's dtype)."""
+        B, T = positions.shape
+        steps = torch.arange(T, device=positions.device)
+        in_order = (positions == positions[:, :1] + steps).all()
+        facts = torch.cat([positions.max()[None], in_order[None].long(), positions[:, 0], slots])
+        max_pos, ordered, *rest = facts.tolist()  # the forward's one host sync
+        starts, slot_list = rest[:B], rest[B:]
+        kv_len = max_pos + 1
+        contiguous = slot_list == list(range(slot_list[0], slot_list[0] + B))
+        # A query at position p sees cache positions <= p. One query per row, every row at the
+        # last position: the whole read window is visible and SDPA needs no mask.
+        mask = None
+        if T > 1 or any(p != max_pos for p in starts):
+            keys = torch.arange(kv_len, device=positions.device)
+            hidden = keys[None, None, :] > positions[:, :, None]  # [B, T, L]
+            mask = torch.zeros(hidden.shape, dtype=dtype, device=positions.device)
+            mask = mask.masked_fill_(hidden, float("-inf"))[:, None]
+        return BatchInfo(
+            kv_len=kv_len,
+            first_slot=slot_list[0] if contiguous else None,
+            start=starts[0] if B == 1 and ordered else None,
+            rotation=rope_rotation(positions, rope),
+            mask=mask,
+        )
 
 
 class Attention(nn.Module):
+    """Grouped-query attention over the static KV cache.
+
+    wq/wk/wv stay separate modules (the state dict, the MTP head's training and refserver.train
+    use them); `fuse_()` adds one [wq; wk; wv] weight for inference, so that a forward runs one
+    matmul instead of three.
+    """
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -177,55 +230,90 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.wqkv: Tensor | None = None
+
+    def fuse_(self) -> None:
+        """Concatenate wq, wk, wv into `wqkv`; the three weights become views of it (no second
+        copy). For frozen inference weights: call after the last `.to()`."""
+        self.wqkv = _fuse_linears(self.wq, self.wk, self.wv)
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q [B, T, H, hd], k and v [B, T, Hkv, hd], before RoPE."""
+        B, T, _ = x.shape
+        if self.wqkv is None:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        else:
+            kv = self.n_kv_heads * self.head_dim
+            q, k, v = F.linear(x, self.wqkv).split([self.n_heads * self.head_dim, kv, kv], -1)
+        hd = self.head_dim
+        return q.view(B, T, -1, hd), k.view(B, T, -1, hd), v.view(B, T, -1, hd)
 
     def forward(
         self,
         x: Tensor,
         positions: Tensor,
-        rope: tuple[Tensor, Tensor],
         layer_cache: tuple[Tensor, Tensor],
         slots: Tensor,
-        batch: BatchInfo | None = None,
+        batch: BatchInfo,
     ) -> Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        cos, sin = rope[0][positions], rope[1][positions]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.qkv(x)
+        q, k = apply_rope_complex(q, batch.rotation), apply_rope_complex(k, batch.rotation)
 
         k_cache, v_cache = layer_cache
-        rows = slots[:, None].expand(B, T)
-        k_cache[rows, positions] = k.to(k_cache.dtype)
-        v_cache[rows, positions] = v.to(v_cache.dtype)
-
-        # Read only as far as the furthest query of the batch; longer stale data is never needed.
-        L = int(positions.max()) + 1 if batch is None else batch.kv_len
-        if batch is not None and batch.first_slot is not None:  # slots s..s+B-1: a view, no copy
+        if batch.start is not None:  # one row at consecutive positions: a slice copy
+            slot, p = int(slots[0]) if batch.first_slot is None else batch.first_slot, batch.start
+            k_cache[slot, p : p + T] = k[0]
+            v_cache[slot, p : p + T] = v[0]
+        else:
+            rows = slots[:, None].expand(B, T)
+            k_cache[rows, positions] = k.to(k_cache.dtype)
+            v_cache[rows, positions] = v.to(v_cache.dtype)
+        L = batch.kv_len  # read only as far as the furthest query: later stale data is unused
+        if batch.first_slot is not None:  # slots s..s+B-1: a view, no copy
             keys = k_cache[batch.first_slot : batch.first_slot + B, :L]
             values = v_cache[batch.first_slot : batch.first_slot + B, :L]
         else:
             keys, values = k_cache[slots, :L], v_cache[slots, :L]  # [B, L, Hkv, hd]
-        keys = keys.to(q.dtype).transpose(1, 2)  # [B, Hkv, L, hd]
-        values = values.to(q.dtype).transpose(1, 2)
-        mask = torch.arange(L, device=x.device)[None, None, :] <= positions[:, :, None]  # [B,T,L]
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, values, attn_mask=mask[:, None, :, :], enable_gqa=True
+            q.transpose(1, 2),
+            keys.to(q.dtype).transpose(1, 2),  # [B, Hkv, L, hd]
+            values.to(q.dtype).transpose(1, 2),
+            attn_mask=batch.mask,
+            enable_gqa=True,
         )
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 
+def _fuse_linears(*linears: nn.Linear) -> Tensor:
+    """One weight [sum(out), in]; each linear's weight becomes a view of its row block."""
+    fused = torch.cat([lin.weight.detach() for lin in linears])
+    row = 0
+    for lin in linears:
+        n = lin.weight.shape[0]
+        lin.weight = nn.Parameter(fused[row : row + n], requires_grad=False)
+        row += n
+    return fused
+
+
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+    """SwiGLU: w2(silu(w1 x) * w3 x). `fuse_()` runs w1 and w3 as one matmul for inference."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # gate
         self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # up
         self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)  # down
+        self.w13: Tensor | None = None
+
+    def fuse_(self) -> None:
+        self.w13 = _fuse_linears(self.w1, self.w3)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.w13 is None:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -252,9 +340,15 @@ class Block(nn.Module):
         Writes this block's K/V for each token at (slots[b], positions[b, t]) of `layer_cache`
         and attends, per row, to cache positions <= the token's own position.
         """
-        rope = rope_table(*self._rope_args, str(x.device))
-        h = x + self.attention(self.attention_norm(x), positions, rope, layer_cache, slots, batch)
+        if batch is None:
+            rope = rope_table(*self._rope_args, str(x.device))
+            batch = BatchInfo.of(positions, slots, rope, x.dtype)
+        h = x + self.attention(self.attention_norm(x), positions, layer_cache, slots, batch)
         return h + self.feed_forward(self.ffn_norm(h))
+
+    def fuse_(self) -> None:
+        self.attention.fuse_()
+        self.feed_forward.fuse_()
 
 
 class Transformer(nn.Module):
@@ -281,13 +375,21 @@ class Transformer(nn.Module):
         MTP head consumes, DeepSeek-V3 style). Get logits with `self.logits(hidden)`, which
         applies the final norm and the tied output head.
         """
-        batch = BatchInfo.of(positions, slots)
+        x = self.tok_embeddings(tokens)
+        cfg = self.config
+        rope = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, str(x.device))
+        batch = BatchInfo.of(positions, slots, rope, x.dtype)
         if batch.kv_len > cache.max_len:
             raise ValueError(f"position {batch.kv_len - 1} >= KV cache max_len {cache.max_len}")
-        x = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
             x = layer(x, positions, cache.layer(i), slots, batch)
         return x
+
+    def fuse_(self) -> None:
+        """Fused q/k/v and gate/up weights for inference (see `Attention.fuse_`): call once the
+        weights are frozen and placed."""
+        for layer in self.layers:
+            layer.fuse_()
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Final norm + output head, in float32 so argmax ties are decided at full precision."""
@@ -353,6 +455,7 @@ def load_model(
         if name in norm_names:
             p.data = p.data.float()
     model.eval().requires_grad_(False)
+    model.fuse_()
     log.info("loaded %s: %s, %s on %s", path.name, cfg, dtype, device)
     return model, Tokenizer.from_gguf(reader)
 

@@ -1,0 +1,220 @@
+"""Where refserver's decode time goes: Engine.generate in-process (no HTTP), timed by section.
+
+    python -m benchmarks.engine_profile --dtype bfloat16 --threads 1 --max-tokens 128 \
+        --spec none --spec ngram5 --spec mtp1 --spec hybrid31 --spec hybrid53 [--rounds 3]
+
+`--spec` takes a preset name (see PRESETS) or FastDeploy `--speculative-config` JSON; repeat it
+to compare configurations. All configurations share one loaded model and run in the same
+process, interleaved round by round (config A, B, C, A, B, C, ...), so that a noisy shared
+machine hurts them alike; the table reports the median round.
+
+The engine's methods are wrapped with timers (CPU work is synchronous, so wall time is the
+cost; on CUDA the numbers would need a synchronize and are not meaningful). Sections are
+exclusive: time spent in a nested section counts only there.
+
+- target fwd: `Transformer.forward` during verification steps;
+- logits: final norm + tied output head on the target's hidden states;
+- accept/emit: verification (argmax, acceptance), cuts, tokenizer decode, logprobs, sinks;
+- mtp draft: `MTPDrafter.draft` (cache refresh + s chained head steps, incl. its output head);
+- ngram ext: `NgramExtender.extend` (argument layout + the op or oracle);
+- prefill: everything inside admitting a request (prompt forward, first token);
+- other: the rest of `Engine.step` (input tensors, loop bookkeeping).
+
+Per-step numbers divide by decode steps (target verification forwards); tok/s is generated
+tokens over the whole generate() wall time, prefill included. Not a test: prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PRESETS: dict[str, str | None] = {
+    "none": None,
+    "ngram5": '{"method":"ngram","num_speculative_tokens":5,"max_ngram_size":3,"min_ngram_size":1}',
+    "mtp1": '{"method":"mtp","num_speculative_tokens":1,"num_model_steps":1}',
+    "mtp3": '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":3}',
+    "hybrid31": (
+        '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":1,'
+        '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
+    ),
+    "hybrid53": (
+        '{"method":"mtp","num_speculative_tokens":5,"num_model_steps":3,'
+        '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
+    ),
+}
+SECTIONS = ("target fwd", "logits", "accept/emit", "mtp draft", "ngram ext", "other")
+
+
+@dataclass
+class Timings:
+    """Exclusive seconds per section for one generate() run."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    steps: int = 0  # decode (verification) steps
+    tokens: int = 0
+    wall: float = 0.0
+    _stack: list[list[Any]] = field(default_factory=list)  # [name, start, child seconds]
+
+    def wrap(self, fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            label = "prefill" if any(f[0] == "prefill" for f in self._stack) else name
+            frame = [label, time.perf_counter(), 0.0]
+            self._stack.append(frame)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._stack.pop()
+                total = time.perf_counter() - frame[1]
+                self.seconds[label] += total - frame[2]
+                if self._stack:
+                    self._stack[-1][2] += total
+
+        return timed
+
+
+def instrument(engine: Any, t: Timings) -> None:
+    """Wrap the engine's parts with `t`'s timers (instance attributes; the classes are untouched)."""
+    model = engine.model
+    model.forward = t.wrap(type(model).forward.__get__(model), "target fwd")
+    model.logits = t.wrap(type(model).logits.__get__(model), "logits")
+    for name in ("_accept", "_emit"):
+        setattr(engine, name, t.wrap(getattr(type(engine), name).__get__(engine), "accept/emit"))
+    engine._prefill = t.wrap(type(engine)._prefill.__get__(engine), "prefill")
+    inner_verify = type(engine)._verify.__get__(engine)
+
+    def verify(rows: list[Any]) -> Any:
+        t.steps += bool(rows)
+        return inner_verify(rows)
+
+    engine._verify = verify
+    engine.step = t.wrap(type(engine).step.__get__(engine), "other")
+    if engine.mtp is not None:
+        engine.mtp.draft = t.wrap(type(engine.mtp).draft.__get__(engine.mtp), "mtp draft")
+    if engine.ngram is not None:
+        engine.ngram.extend = t.wrap(type(engine.ngram).extend.__get__(engine.ngram), "ngram ext")
+
+
+def uninstrument(engine: Any) -> None:
+    for obj, names in (
+        (engine.model, ("forward", "logits")),
+        (engine, ("_accept", "_emit", "_prefill", "_verify", "step")),
+        (engine.mtp, ("draft",)),
+        (engine.ngram, ("extend",)),
+    ):
+        for name in names:
+            if obj is not None and name in vars(obj):
+                delattr(obj, name)
+
+
+def run_once(engine: Any, prompts: list[list[int]], max_tokens: int) -> tuple[Timings, list]:
+    from refserver.engine import Request
+    from refserver.sampling import SamplingParams
+
+    t = Timings()
+    instrument(engine, t)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    outs: list[list] = [[] for _ in prompts]
+    try:
+        start = time.perf_counter()
+        for i, p in enumerate(prompts):  # concurrency 1: one request after another
+            engine.generate([Request(p, params, outs[i].append)])
+        t.wall = time.perf_counter() - start
+    finally:
+        uninstrument(engine)
+    t.tokens = sum(len(o.token_ids) for out in outs for o in out)
+    return t, [[tok for o in out for tok in o.token_ids] for out in outs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--spec", action="append", help=f"preset {sorted(PRESETS)} or JSON")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--prompts", type=int, default=3, help="held-out prompts per run")
+    ap.add_argument("--kind", default="repetitive", choices=("repetitive", "open", "all"))
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; median reported")
+    ap.add_argument("--mtp-head", default=None)
+    ap.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra EngineConfig field for every config (int values parsed)")
+    args = ap.parse_args(argv)
+    if args.max_tokens < 1:
+        ap.error(f"--max-tokens {args.max_tokens}: expected >= 1")
+
+    import torch
+
+    from refserver.config import EngineConfig, SpeculativeConfig
+    from refserver.engine import Engine
+    from refserver.model import load_model
+    from tests.refserver.helpers import heldout_prompts
+
+    torch.set_num_threads(args.threads)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    model, tok = load_model(dtype=dtype)
+    picked = [p for p in heldout_prompts() if args.kind in ("all", p["kind"])][: args.prompts]
+    prompts = [tok.encode(tok.apply_chat_template(p["messages"])) for p in picked]
+    extra: dict[str, Any] = {}
+    for kv in args.engine_opt:
+        key, _, value = kv.partition("=")
+        extra[key] = int(value) if value.lstrip("-").isdigit() else value
+
+    specs = args.spec or ["none", "ngram5", "mtp1", "hybrid31", "hybrid53"]
+    engines = {}
+    for name in specs:
+        spec = SpeculativeConfig.from_json(PRESETS[name] if name in PRESETS else name)
+        config = EngineConfig(
+            speculative=spec, dtype=args.dtype, max_num_seqs=1, mtp_head_path=args.mtp_head,
+            **extra,
+        )
+        engines[name] = Engine(config, model, tok)
+    run_once(engines[specs[0]], prompts[:1], 8)  # warm-up (allocator, oneDNN primitives)
+
+    runs: dict[str, list[Timings]] = defaultdict(list)
+    outputs: dict[str, list] = {}
+    for _ in range(args.rounds):
+        for name, engine in engines.items():
+            t, out = run_once(engine, prompts, args.max_tokens)
+            runs[name].append(t)
+            outputs[name] = out
+
+    print(
+        f"\nengine profile: {args.dtype}, {args.threads} thread(s), {len(prompts)} {args.kind} "
+        f"prompt(s), max_tokens {args.max_tokens}, concurrency 1, median of {args.rounds} "
+        f"interleaved round(s); ms per decode step (prefill: ms per request)\n"
+    )
+    head = ["config", *SECTIONS, "step", "prefill", "tok/step", "ms/tok", "tok/s", "same as 1st"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    ref = outputs[specs[0]]
+    for name in specs:
+        med = sorted(runs[name], key=lambda t: t.wall)[len(runs[name]) // 2]
+        per_step = [1e3 * med.seconds.get(s, 0.0) / med.steps for s in SECTIONS]
+        step_ms = sum(per_step)
+        tok_s = statistics.median(t.tokens / t.wall for t in runs[name])
+        cells = [
+            name,
+            *(f"{v:.1f}" for v in per_step),
+            f"{step_ms:.1f}",
+            f"{1e3 * med.seconds.get('prefill', 0.0) / len(prompts):.0f}",
+            f"{med.tokens / med.steps:.2f}",
+            f"{1e3 * med.wall / med.tokens:.1f}",
+            f"{tok_s:.2f}",
+            f"{sum(a == b for a, b in zip(outputs[name], ref, strict=True))}/{len(ref)}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
