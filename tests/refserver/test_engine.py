@@ -7,6 +7,7 @@ import itertools
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from refserver.config import EngineConfig, SpeculativeConfig
 from refserver.engine import Engine, Request, StepOutput
@@ -85,6 +86,44 @@ def test_greedy_speculation_is_lossless(model_and_tokenizer, chat_prompts, greed
         check_invariants(ref, 0)
     if spec == NGRAM:  # the repetitive prompts copy text: some draft must have been accepted
         assert any(r.metrics["accepted_tokens_per_head"][1] > 0 for r in results)
+
+
+@pytest.mark.parametrize("draft_vocab", [64, 2048])
+def test_restricted_mtp_draft_vocab_is_lossless(
+    model_and_tokenizer, chat_prompts, greedy_none, draft_vocab, tmp_path
+):
+    """A draft vocabulary changes only what MTP proposes: greedy output equals `none`. The rank
+    here is the tokens of `none`'s own answers first (so drafts can be accepted), then the rest."""
+    from safetensors.torch import save_file
+
+    model, _ = model_and_tokenizer
+    V = model.config.vocab_size
+    count = torch.zeros(V, dtype=torch.int64)
+    for r in greedy_none:
+        count += torch.bincount(torch.tensor(r.token_ids), minlength=V)
+    rank = torch.argsort(count, descending=True, stable=True).to(torch.int32)
+    path = tmp_path / "rank.safetensors"
+    save_file({"rank": rank, "count": count}, str(path))
+    engine = make_engine(
+        model_and_tokenizer, HYBRID, mtp_draft_vocab=draft_vocab, mtp_token_rank_path=str(path)
+    )
+    assert engine.mtp.head.draft_vocab_size == draft_vocab
+    results = run(engine, chat_prompts, SamplingParams(max_tokens=24, temperature=0.0))
+    for r, ref in zip(results, greedy_none, strict=True):
+        assert r.token_ids == ref.token_ids
+        check_invariants(r, engine.K)
+
+
+def test_bad_mtp_draft_vocab_is_named(model_and_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="mtp_draft_vocab=-1"):
+        make_engine(model_and_tokenizer, HYBRID, mtp_draft_vocab=-1)
+    with pytest.raises(FileNotFoundError, match="--mtp-token-rank"):
+        make_engine(
+            model_and_tokenizer,
+            HYBRID,
+            mtp_draft_vocab=8,
+            mtp_token_rank_path=str(tmp_path / "missing.safetensors"),
+        )
 
 
 def test_max_tokens_cut_counts_only_emitted(model_and_tokenizer, chat_prompts, greedy_none):

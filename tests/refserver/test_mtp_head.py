@@ -107,6 +107,39 @@ def test_cached_draft_equals_recompute_without_cache(tiny):
             assert torch.equal(drafts[:, k], ref.argmax(-1))
 
 
+def test_draft_vocab_restricts_the_argmax(tiny):
+    """With a draft vocabulary, each draft is the argmax over those tokens only: the full
+    logits masked outside the set, chained on its own (restricted) tokens."""
+    target, head = tiny
+    B, T, steps = 3, 12, 3
+    tokens = torch.randint(0, TINY.vocab_size, (B, T))
+    hidden = _hidden(target, tokens)
+    pos = torch.arange(T)[None].expand(B, T)
+    slots = torch.arange(B)
+    vocab = torch.randperm(TINY.vocab_size, generator=torch.Generator().manual_seed(SEED))[:20]
+    args = (hidden[:, -1], tokens[:, -1], pos[:, -1])
+    head.set_draft_vocab(vocab)
+    assert head.draft_vocab_size == 20
+    drafts, logits = head.draft(*args, head.new_cache(B, T + steps), slots, steps, True)
+    assert torch.isin(drafts, vocab).all()
+    outside = torch.ones(TINY.vocab_size, dtype=torch.bool)
+    outside[vocab] = False
+    assert torch.isinf(logits[..., outside]).all()
+    head.set_draft_vocab(None)
+    assert head.draft_vocab_size == TINY.vocab_size
+    # Recompute the same chain with the full head: step k fed the restricted drafts.
+    cache = head.new_cache(B, T + steps)
+    h, tok, p = args[0][:, None], args[1][:, None], args[2][:, None]
+    for k in range(steps):
+        h, full = head(h, tok, p, cache, slots)
+        torch.testing.assert_close(logits[:, k][:, vocab], full[:, 0][:, vocab])
+        masked = full[:, 0].masked_fill(outside, -torch.inf)
+        assert torch.equal(drafts[:, k], masked.argmax(-1))
+        tok, p = drafts[:, k : k + 1], p + 1
+    with pytest.raises(ValueError, match="draft vocab"):
+        head.set_draft_vocab(torch.tensor([0, TINY.vocab_size]))
+
+
 def test_stale_speculative_entries_are_overwritten(tiny):
     """The engine's sync protocol: draft, accept some tokens, fill them, draft again. The result
     must equal drafting from a cache that never held speculative entries."""
