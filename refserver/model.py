@@ -230,12 +230,14 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
-        self.wqkv: Tensor | None = None
+        self.wqkv: FrozenLinear | None = None
+        self.wo_frozen: FrozenLinear | None = None
 
     def fuse_(self) -> None:
         """Concatenate wq, wk, wv into `wqkv`; the three weights become views of it (no second
         copy). For frozen inference weights: call after the last `.to()`."""
-        self.wqkv = _fuse_linears(self.wq, self.wk, self.wv)
+        self.wqkv = FrozenLinear(_fuse_linears(self.wq, self.wk, self.wv))
+        self.wo_frozen = FrozenLinear(self.wo.weight)
 
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q [B, T, H, hd], k and v [B, T, Hkv, hd], before RoPE."""
@@ -244,7 +246,7 @@ class Attention(nn.Module):
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
         else:
             kv = self.n_kv_heads * self.head_dim
-            q, k, v = F.linear(x, self.wqkv).split([self.n_heads * self.head_dim, kv, kv], -1)
+            q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim, kv, kv], -1)
         hd = self.head_dim
         return q.view(B, T, -1, hd), k.view(B, T, -1, hd), v.view(B, T, -1, hd)
 
@@ -282,7 +284,34 @@ class Attention(nn.Module):
             attn_mask=batch.mask,
             enable_gqa=True,
         )
-        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+        wo = self.wo if self.wo_frozen is None else self.wo_frozen
+        return wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class FrozenLinear:
+    """x @ weight.T for a frozen inference weight.
+
+    On CPU in bfloat16 the weight is reordered once into oneDNN's blocked layout (what inductor's
+    weight freezing does): measured ~25% faster for the 4..8-row matmuls of draft verification
+    and the same results as F.linear (same oneDNN kernel, minus the per-call reorder). Elsewhere
+    (CUDA, float32, no mkldnn) it is plain F.linear. Not an nn.Module: `.to()` does not move it,
+    so build it after the weights are placed.
+    """
+
+    def __init__(self, weight: Tensor) -> None:
+        self.weight = weight
+        self.packed: Tensor | None = None
+        cpu_bf16 = weight.device.type == "cpu" and weight.dtype == torch.bfloat16
+        if cpu_bf16 and torch.backends.mkldnn.is_available():
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8)
+            except (AttributeError, RuntimeError) as e:  # an op missing from this torch build
+                log.warning("oneDNN weight packing unavailable (%s); using F.linear", e)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
 
 def _fuse_linears(*linears: nn.Linear) -> Tensor:
@@ -304,16 +333,18 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # gate
         self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # up
         self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)  # down
-        self.w13: Tensor | None = None
+        self.w13: FrozenLinear | None = None
+        self.w2_frozen: FrozenLinear | None = None
 
     def fuse_(self) -> None:
-        self.w13 = _fuse_linears(self.w1, self.w3)
+        self.w13 = FrozenLinear(_fuse_linears(self.w1, self.w3))
+        self.w2_frozen = FrozenLinear(self.w2.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.w13 is None:
+        if self.w13 is None or self.w2_frozen is None:
             return self.w2(F.silu(self.w1(x)) * self.w3(x))
-        gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2_frozen(F.silu(gate) * up)
 
 
 class Block(nn.Module):
