@@ -37,7 +37,7 @@ from refserver.metrics import PrometheusCounters, RequestMetrics
 from refserver.model import Transformer, load_model
 from refserver.mtp import DEFAULT_RANK_PATH, MTPDrafter, MTPInput, load_mtp_drafter
 from refserver.sampling import SamplingParams, target_probs, verify_greedy, verify_sampling
-from refserver.tokenizer import Tokenizer
+from refserver.tokenizer import IncrementalDecoder, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class _Sequence:
     slot: int
     metrics: RequestMetrics
     generator: torch.Generator
+    detokenizer: IncrementalDecoder
     out_ids: list[int] = field(default_factory=list)
     kv_len: int = 0  # target KV positions [0, kv_len) are valid
     drafts: list[int] = field(default_factory=list)
@@ -240,6 +241,7 @@ class Engine:
                 slot=free[0],
                 metrics=RequestMetrics(self.K),
                 generator=torch.Generator().manual_seed(seed),
+                detokenizer=IncrementalDecoder(self.tokenizer),
             )
             self._slots[seq.slot] = seq
             item = self._prefill(seq)
@@ -277,10 +279,11 @@ class Engine:
         dev = self.device
         hidden = self.model(tokens.to(dev), positions.to(dev), self.cache, slots.to(dev))
         logits = self.model.logits(hidden)  # [B, T, V] float32
+        argmax = logits.argmax(-1).tolist()  # one host copy for the batch's greedy rows
         out = []
         for b, s in enumerate(rows):
             n = 1 + len(s.drafts)
-            accepted, emitted = self._accept(s, logits[b, :n], s.drafts)
+            accepted, emitted = self._accept(s, logits[b, :n], s.drafts, argmax[b])
             start = s.kv_len
             s.kv_len += accepted + 1  # last token + accepted drafts are now valid in the cache
             num_drafts, s.drafts = len(s.drafts), []
@@ -289,10 +292,15 @@ class Engine:
                 out.append((s, MTPInput(s.slot, hidden[b, : accepted + 1], emitted, start)))
         return out
 
-    def _accept(self, seq: _Sequence, logits: Tensor, drafts: list[int]) -> tuple[int, list[int]]:
-        """(accepted drafts, emitted tokens) for logits [len(drafts)+1, V] of one row."""
+    def _accept(
+        self, seq: _Sequence, logits: Tensor, drafts: list[int], argmax: list[int] | None = None
+    ) -> tuple[int, list[int]]:
+        """(accepted drafts, emitted tokens) for logits [len(drafts)+1, V] of one row;
+        `argmax`: the row's argmax when already known (unused under min_tokens)."""
         p = seq.req.params
         short = p.min_tokens - len(seq.out_ids)  # positions that must not end the sequence
+        if p.greedy and short <= 0 and argmax is not None:
+            return verify_greedy(argmax, drafts)
         if short > 0:
             logits = logits.clone()
             logits[:short, self._stop_ids] = float("-inf")
@@ -312,29 +320,31 @@ class Engine:
             if t in tok.stop_ids and len(seq.out_ids) > p.min_tokens:
                 finish = "stop"
                 break
-            if p.stop:  # decode per token: the token that completes a stop string is the last
-                text = tok.decode(seq.out_ids)
-                cut = _find_stop(text, p.stop, len(seq.text))
-                seq.text = text if cut is None else text[:cut]
-                if cut is not None:
-                    finish = "stop"
-                    break
+            # Text token by token: the token that completes a stop string is the last one kept.
+            searched = len(seq.text)
+            seq.text += seq.detokenizer.add(t)
+            cut = _find_stop(seq.text, p.stop, searched) if p.stop else None
+            if cut is not None:
+                seq.text = seq.text[:cut]
+                finish = "stop_string"
+                break
             if len(seq.out_ids) >= p.max_tokens:
                 finish = "length"
                 break
-        if not p.stop:
-            seq.text = tok.decode(seq.out_ids)
+        if finish == "stop_string":
+            finish = "stop"
+        elif finish is not None:  # the end of the text: a dangling partial character shows
+            seq.text += seq.detokenizer.flush()
         seq.metrics.record(len(kept))
         self.counters.record_verify(num_drafts, len(kept))
         self.counters.record_tokens(generated=len(kept))
 
         logprobs = self._logprobs(logits[: len(kept)], kept) if p.logprobs else None
         seq.finished = finish is not None
-        # Hold back text that may still change: a trailing partial UTF-8 character, and a
-        # possible prefix of a stop string (it must not reach the client if the stop completes).
+        # Hold back a possible prefix of a stop string: it must not reach the client if the stop
+        # completes. (A partial UTF-8 character never reaches seq.text before it completes.)
         sendable = seq.text
         if not seq.finished:
-            sendable = sendable.rstrip("\ufffd")
             hold = max((len(s) for s in p.stop), default=1) - 1
             if hold:
                 sendable = sendable[: max(len(sendable) - hold, seq.text_sent)]

@@ -8,6 +8,7 @@ GPT-2 byte-level regex, as llama.cpp and the Hugging Face tokenizer.json of Smol
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,3 +128,25 @@ class Tokenizer:
         return self._template.render(
             messages=list(messages), add_generation_prompt=add_generation_prompt
         )
+
+
+class IncrementalDecoder:
+    """The text of a growing token sequence, one token at a time, in O(1) per token.
+
+    Equal to `Tokenizer.decode` of the whole sequence (special tokens skipped, invalid UTF-8
+    replaced by U+FFFD) without re-decoding the whole output at every engine step. A character
+    whose UTF-8 bytes span several tokens comes out with the token that completes it; `flush`
+    ends the sequence (a dangling partial character becomes U+FFFD, as in a full decode).
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token_id: int) -> str:
+        if token_id in self._tokenizer.special_ids:
+            return ""
+        return self._utf8.decode(self._tokenizer.token_bytes(token_id))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
