@@ -21,6 +21,7 @@ from refserver.model import Transformer
 
 log = logging.getLogger(__name__)
 
+LONG_FILL = 16  # rows with more new pairs than this (a prompt) are refreshed in their own call
 DEFAULT_HEAD_PATH = Path(__file__).parent / "assets" / "mtp_head.safetensors"
 # Token ids of the target's answers by descending frequency (tensors `rank`, `count`); written by
 # refserver/train from the target's own greedy answers to the training prompts.
@@ -45,39 +46,53 @@ class MTPDrafter:
 
     @torch.inference_mode()
     def draft(self, inputs: Sequence[MTPInput], steps: int) -> list[list[int]]:
+        """s draft tokens per row. One batched `fill` refreshes every row's verified pairs AND
+        runs draft step 1 on its last pair (it is just one more causal position), so a step
+        costs s block forwards, not s + 1."""
         if not inputs:
             return []
         device = inputs[0].hidden.device
-        short = [x for x in inputs if 1 < len(x.next_tokens) <= 16]
+        rows = []
         for x in inputs:  # a prompt's worth of pairs is filled on its own, not padded
-            if len(x.next_tokens) > 16:
-                self._fill([x], device)
-        if short:
-            self._fill(short, device)
-        hidden_last = torch.stack([x.hidden[-1] for x in inputs])
-        next_token = torch.tensor([x.next_tokens[-1] for x in inputs], device=device)
-        positions = torch.tensor([x.start + len(x.next_tokens) - 1 for x in inputs], device=device)
-        slots = torch.tensor([x.slot for x in inputs], device=device)
-        drafts = self.head.draft(hidden_last, next_token, positions, self.cache, slots, steps)
-        return drafts.tolist()
-
-    def _fill(self, inputs: Sequence[MTPInput], device: torch.device) -> None:
-        """Write pairs 0 .. m-2 of each row; shorter rows repeat their last pair (same entry,
-        same value, so the repeat is harmless)."""
-        T = max(len(x.next_tokens) for x in inputs) - 1
-        hidden, tokens, positions = [], [], []
-        for x in inputs:
-            idx = [min(i, len(x.next_tokens) - 2) for i in range(T)]
-            hidden.append(x.hidden[idx])
+            m = len(x.next_tokens)
+            if m > LONG_FILL:
+                self.head.fill(
+                    x.hidden[None, : m - 1],
+                    torch.tensor([x.next_tokens[: m - 1]], device=device),
+                    torch.arange(x.start, x.start + m - 1, device=device)[None],
+                    self.cache,
+                    torch.tensor([x.slot], device=device),
+                )
+                x = MTPInput(x.slot, x.hidden[m - 1 :], x.next_tokens[m - 1 :], x.start + m - 1)
+            rows.append(x)
+        # Pairs 0..m-1 of each row; shorter rows repeat their last pair (the same cache entry
+        # written with the same value, so the repeat is harmless).
+        T = max(len(x.next_tokens) for x in rows)
+        hidden, tokens, positions, last = [], [], [], []
+        for x in rows:
+            m = len(x.next_tokens)
+            idx = list(range(m)) + [m - 1] * (T - m)
+            hidden.append(x.hidden if m == T else x.hidden[idx])
             tokens.append([x.next_tokens[i] for i in idx])
             positions.append([x.start + i for i in idx])
-        self.head.fill(
+            last.append(m - 1)
+        slots = torch.tensor([x.slot for x in rows], device=device)
+        out = self.head.fill(
             torch.stack(hidden),
             torch.tensor(tokens, device=device),
             torch.tensor(positions, device=device),
             self.cache,
-            torch.tensor([x.slot for x in inputs], device=device),
+            slots,
         )
+        if all(i == T - 1 for i in last):
+            first = out[:, -1]  # step 1's block output: each row's last real pair
+        else:
+            first = out[torch.arange(len(rows), device=device), torch.tensor(last, device=device)]
+        pos_last = torch.tensor(
+            [x.start + i for x, i in zip(rows, last, strict=True)], device=device
+        )
+        drafts = self.head.draft_from(first, pos_last, self.cache, slots, steps)
+        return drafts.tolist()
 
 
 def load_token_rank(path: str | Path | None = None) -> Tensor:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from refserver.model import (
+    BatchInfo,
     Block,
     KVCache,
     ModelConfig,
@@ -189,12 +190,13 @@ class MTPHead(nn.Module):
         output hidden [B, T, d] (no logits: a refresh does not need them).
         """
         _check_shapes(hidden, next_tokens, positions, slots)
-        if int(positions.max()) >= cache.max_len:
-            raise ValueError(
-                f"position {int(positions.max())} >= MTP cache max_len {cache.max_len}"
-            )
+        cfg = self.config
+        rope = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, str(positions.device))
         x = self.step_input(hidden, next_tokens)
-        return self.block(x, positions, cache.layer(0), slots)
+        batch = BatchInfo.of(positions, slots, rope, x.dtype)  # also the call's one host sync
+        if batch.kv_len > cache.max_len:
+            raise ValueError(f"position {batch.kv_len - 1} >= MTP cache max_len {cache.max_len}")
+        return self.block(x, positions, cache.layer(0), slots, batch)
 
     def forward(
         self, hidden: Tensor, next_tokens: Tensor, positions: Tensor, cache: KVCache, slots: Tensor
@@ -222,38 +224,58 @@ class MTPHead(nn.Module):
         hidden_last [B, d] is the target's hidden state at `positions` [B] (the last verified
         token's position), next_token [B] the token after it (the bonus token). Step 1 writes
         the verified cache entry at `positions`; steps 2..s write speculative ones after it.
-        With return_logits, also the float32 logits [B, steps, V] each draft was chosen from.
+        With return_logits, also the float32 logits [B, steps, V] each draft was chosen from
+        (over a draft vocabulary, see `set_draft_vocab`: -inf outside it).
         """
-        if steps < 1:
-            raise ValueError(f"steps={steps}: must be >= 1")
         if hidden_last.dim() != 2 or next_token.dim() != 1 or positions.dim() != 1:
             raise ValueError(
                 f"draft wants hidden_last [B, d], next_token [B], positions [B]; got "
                 f"{tuple(hidden_last.shape)}, {tuple(next_token.shape)}, {tuple(positions.shape)}"
             )
-        if int(positions.max()) + steps - 1 >= cache.max_len:
-            raise ValueError(
-                f"positions up to {int(positions.max())} + steps={steps} overflow MTP cache "
-                f"max_len {cache.max_len}"
-            )
-        h, tok, pos = hidden_last[:, None], next_token[:, None], positions[:, None]
-        tokens, all_logits = [], []
-        for _ in range(steps):
+        first = self.fill(
+            hidden_last[:, None], next_token[:, None], positions[:, None], cache, slots
+        )
+        return self.draft_from(first[:, 0], positions, cache, slots, steps, return_logits)
+
+    @torch.no_grad()
+    def draft_from(
+        self,
+        first_out: Tensor,
+        positions: Tensor,
+        cache: KVCache,
+        slots: Tensor,
+        steps: int,
+        return_logits: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """`draft` when step 1's block output `first_out` [B, d] at `positions` [B] is already
+        computed: the engine gets it from the same `fill` call that refreshes the verified
+        entries before it (one block forward instead of two)."""
+        if steps < 1:
+            raise ValueError(f"steps={steps}: must be >= 1")
+        h, pos = first_out[:, None], positions[:, None]
+        tok, logits = self._choose(h, return_logits)
+        tokens, all_logits = [tok], [logits]
+        for _ in range(steps - 1):  # step k at position + k - 1 feeds back its own (h, token)
+            pos = pos + 1
             h = self.fill(h, tok, pos, cache, slots)
-            if self._draft_ids is None:
-                logits = self.logits(h)
-                tok = logits.argmax(-1)
-            else:
-                logits = F.linear(self.norm(h), self._draft_weight).float()  # [B, 1, N]
-                tok = self._draft_ids[logits.argmax(-1)]
-                if return_logits:  # full-vocabulary shape; tokens outside the vocab at -inf
-                    full = logits.new_full((*logits.shape[:-1], self.config.vocab_size), -torch.inf)
-                    logits = full.index_copy_(-1, self._draft_ids, logits)
+            tok, logits = self._choose(h, return_logits)
             tokens.append(tok)
             all_logits.append(logits)
-            pos = pos + 1
         drafts = torch.cat(tokens, dim=1)
         return (drafts, torch.cat(all_logits, dim=1)) if return_logits else drafts
+
+    def _choose(self, hidden_out: Tensor, full_logits: bool) -> tuple[Tensor, Tensor]:
+        """(greedy draft tokens [B, 1], float32 logits) for block outputs [B, 1, d]. Over a draft
+        vocabulary the logits are [B, 1, N] unless `full_logits` (then [B, 1, V], -inf outside)."""
+        if self._draft_ids is None:
+            logits = self.logits(hidden_out)
+            return logits.argmax(-1), logits
+        logits = F.linear(self.norm(hidden_out), self._draft_weight).float()  # [B, 1, N]
+        tokens = self._draft_ids[logits.argmax(-1)]
+        if full_logits:
+            full = logits.new_full((*logits.shape[:-1], self.config.vocab_size), -torch.inf)
+            logits = full.index_copy_(-1, self._draft_ids, logits)
+        return tokens, logits
 
     # ----------------------------------------------------------------------------------- training
 
