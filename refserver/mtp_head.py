@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from refserver.model import (
     BatchInfo,
     Block,
+    FrozenLinear,
     KVCache,
     ModelConfig,
     RMSNorm,
@@ -75,7 +76,7 @@ class MTPHead(nn.Module):
         # Optional draft vocabulary (see `set_draft_vocab`): token ids [N] and their rows of the
         # output head [N, d]. Plain attributes, not buffers: never saved, never trained.
         self._draft_ids: Tensor | None = None
-        self._draft_weight: Tensor | None = None
+        self._draft_weight: FrozenLinear | None = None
 
     # ----------------------------------------------------------------------------- construction
 
@@ -158,7 +159,7 @@ class MTPHead(nn.Module):
         if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= V:
             raise ValueError(f"draft vocab of {ids.numel()} token ids: need >= 1, each in [0, {V})")
         self._draft_ids = ids
-        self._draft_weight = weight.detach()[ids].contiguous()
+        self._draft_weight = FrozenLinear(weight.detach()[ids].contiguous(), pack=False)
 
     @property
     def draft_vocab_size(self) -> int:
@@ -270,7 +271,7 @@ class MTPHead(nn.Module):
         if self._draft_ids is None:
             logits = self.logits(hidden_out)
             return logits.argmax(-1), logits
-        logits = F.linear(self.norm(hidden_out), self._draft_weight).float()  # [B, 1, N]
+        logits = self._draft_weight(self.norm(hidden_out)).float()  # [B, 1, N]
         tokens = self._draft_ids[logits.argmax(-1)]
         if full_logits:
             full = logits.new_full((*logits.shape[:-1], self.config.vocab_size), -torch.inf)
