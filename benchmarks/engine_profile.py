@@ -117,7 +117,11 @@ def uninstrument(engine: Any) -> None:
                 delattr(obj, name)
 
 
-def run_once(engine: Any, prompts: list[list[int]], max_tokens: int) -> tuple[Timings, list]:
+def run_once(
+    engine: Any, prompts: list[list[int]], max_tokens: int, concurrency: int = 1
+) -> tuple[Timings, list]:
+    """Generate greedily for `prompts`, `concurrency` requests at a time (all of a group are
+    submitted together, so the engine batches them)."""
     from refserver.engine import Request
     from refserver.sampling import SamplingParams
 
@@ -127,8 +131,9 @@ def run_once(engine: Any, prompts: list[list[int]], max_tokens: int) -> tuple[Ti
     outs: list[list] = [[] for _ in prompts]
     try:
         start = time.perf_counter()
-        for i, p in enumerate(prompts):  # concurrency 1: one request after another
-            engine.generate([Request(p, params, outs[i].append)])
+        for g in range(0, len(prompts), concurrency):
+            group = range(g, min(g + concurrency, len(prompts)))
+            engine.generate([Request(prompts[i], params, outs[i].append) for i in group])
         t.wall = time.perf_counter() - start
     finally:
         uninstrument(engine)
@@ -144,18 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--prompts", type=int, default=3, help="held-out prompts per run")
     ap.add_argument("--kind", default="repetitive", choices=("repetitive", "open", "all"))
+    ap.add_argument("--concurrency", type=int, default=1, help="requests batched together")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; median reported")
     ap.add_argument("--mtp-head", default=None)
     ap.add_argument(
-        "--engine-opt",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra EngineConfig field for every config (int values parsed)",
+        "--mtp-draft-vocab",
+        default=None,
+        help="comma list of draft vocabulary sizes: every MTP config runs once per value, "
+        "labelled config@vN (default: the engine's default)",
     )
+    ap.add_argument("--mtp-token-rank", default=None, help="token rank for --mtp-draft-vocab")
     args = ap.parse_args(argv)
     if args.max_tokens < 1:
         ap.error(f"--max-tokens {args.max_tokens}: expected >= 1")
+    if args.concurrency < 1:
+        ap.error(f"--concurrency {args.concurrency}: expected >= 1")
 
     import torch
 
@@ -169,39 +177,57 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = load_model(dtype=dtype)
     picked = [p for p in heldout_prompts() if args.kind in ("all", p["kind"])][: args.prompts]
     prompts = [tok.encode(tok.apply_chat_template(p["messages"])) for p in picked]
-    extra: dict[str, Any] = {}
-    for kv in args.engine_opt:
-        key, _, value = kv.partition("=")
-        extra[key] = int(value) if value.lstrip("-").isdigit() else value
-
-    specs = args.spec or ["none", "ngram5", "mtp1", "hybrid31", "hybrid53"]
-    engines = {}
-    for name in specs:
-        spec = SpeculativeConfig.from_json(PRESETS.get(name, name))
-        config = EngineConfig(
-            speculative=spec,
-            dtype=args.dtype,
-            max_num_seqs=1,
-            mtp_head_path=args.mtp_head,
-            **extra,
+    try:
+        vocabs = (
+            [None]
+            if args.mtp_draft_vocab is None
+            else [int(v) for v in args.mtp_draft_vocab.split(",")]
         )
-        engines[name] = Engine(config, model, tok)
-    run_once(engines[specs[0]], prompts[:1], 8)  # warm-up (allocator, oneDNN primitives)
+    except ValueError:
+        ap.error(f"--mtp-draft-vocab {args.mtp_draft_vocab!r}: expected integers like 0,4096")
+
+    engines = {}
+    for name in args.spec or ["none", "ngram5", "mtp1", "hybrid31", "hybrid53"]:
+        spec = SpeculativeConfig.from_json(PRESETS.get(name, name))
+        for vocab in vocabs if spec.mtp_steps else [None]:
+            config = EngineConfig(
+                speculative=spec,
+                dtype=args.dtype,
+                max_num_seqs=args.concurrency,
+                mtp_head_path=args.mtp_head,
+                mtp_draft_vocab=vocab,
+                mtp_token_rank_path=args.mtp_token_rank,
+            )
+            label = name if vocab is None or len(vocabs) == 1 else f"{name}@v{vocab}"
+            engines[label] = Engine(config, model, tok)
+    specs = list(engines)
+    for engine in engines.values():  # warm-up (allocator, oneDNN primitives)
+        run_once(engine, prompts[:1], 8)
 
     runs: dict[str, list[Timings]] = defaultdict(list)
     outputs: dict[str, list] = {}
     for _ in range(args.rounds):
         for name, engine in engines.items():
-            t, out = run_once(engine, prompts, args.max_tokens)
+            t, out = run_once(engine, prompts, args.max_tokens, args.concurrency)
             runs[name].append(t)
             outputs[name] = out
 
     print(
         f"\nengine profile: {args.dtype}, {args.threads} thread(s), {len(prompts)} {args.kind} "
-        f"prompt(s), max_tokens {args.max_tokens}, concurrency 1, median of {args.rounds} "
+        f"prompt(s), max_tokens {args.max_tokens}, concurrency {args.concurrency}, median of {args.rounds} "
         f"interleaved round(s); ms per decode step (prefill: ms per request)\n"
     )
-    head = ["config", *SECTIONS, "step", "prefill", "tok/step", "ms/tok", "tok/s", "same as 1st"]
+    head = [
+        "config",
+        "draft vocab",
+        *SECTIONS,
+        "step",
+        "prefill",
+        "tok/step",
+        "ms/tok",
+        "tok/s",
+        "same as 1st",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     ref = outputs[specs[0]]
@@ -210,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         per_step = [1e3 * med.seconds.get(s, 0.0) / med.steps for s in SECTIONS]
         step_ms = sum(per_step)
         tok_s = statistics.median(t.tokens / t.wall for t in runs[name])
+        mtp = engines[name].mtp
         cells = [
             name,
+            str(mtp.head.draft_vocab_size) if mtp is not None else "-",
             *(f"{v:.1f}" for v in per_step),
             f"{step_ms:.1f}",
             f"{1e3 * med.seconds.get('prefill', 0.0) / len(prompts):.0f}",
