@@ -493,6 +493,7 @@ def render(s: Settings, rounds: Sequence[RoundResult], meta: dict[str, str]) -> 
     spread = "interquartile range" if len(rounds) >= 5 else "min–max"
     out += ["", f"Spread in parentheses: {spread} over {len(rounds)} rounds.", ""]
     out += lines
+    out += goals(s, rounds)
     out += ["", "Rounds (load from other processes and hypervisor steal, in cores):", ""]
     out += ["| round | wall s | other processes | steal |", "|---|---|---|---|"]
     out += [
@@ -505,6 +506,39 @@ def render(s: Settings, rounds: Sequence[RoundResult], meta: dict[str, str]) -> 
         out += ["", "Acceptance differs between rounds (⚠; a bug at concurrency 1):"]
         out += [f"- {f}" for f in flags]
     return "\n".join(out) + "\n"
+
+
+def goals(s: Settings, rounds: Sequence[RoundResult]) -> list[str]:
+    """The issue's goals on the repetitive prompts at concurrency 1, from the paired ratios."""
+    if 1 not in s.concurrency:
+        return []
+    out = ["", "Goals (repetitive prompts, concurrency 1; median, spread over rounds):"]
+    for t in s.threads:
+        for label in (c for c in s.configs if c.startswith("hybrid")):
+            cell = (label, t, 1, "repetitive")
+            vs_none = paired_ratio(rounds, cell, (BASELINE, t, 1, "repetitive"))
+            line = f"- {label}, {t} thread(s): {vs_none.fmt(suffix='x')} `none` (goal >= 1.5x: "
+            line += f"{verdict(vs_none, 1.5)})"
+            if PROMPT_LOOKUP_PEER in s.peers:
+                vs_peer = paired_ratio(rounds, cell, (PROMPT_LOOKUP_PEER, t, 1, "repetitive"))
+                line += f"; {vs_peer.fmt(suffix='x')} HF prompt lookup (goal > 1x: "
+                line += f"{verdict(vs_peer, 1.0, strict=True)})"
+            out.append(line)
+    return out
+
+
+def verdict(stat: Stat, goal: float, strict: bool = False) -> str:
+    """'met' when even the low end of the spread reaches the goal, 'not met' when even the high
+    end misses it, else 'unclear' (the rounds disagree)."""
+    if not stat.n:
+        return "not measured"
+
+    def reaches(x: float) -> bool:
+        return x > goal if strict else x >= goal
+
+    if reaches(stat.lo):
+        return "met"
+    return "unclear" if reaches(stat.hi) else "not met"
 
 
 def thread_table(s: Settings, rounds: Sequence[RoundResult]) -> list[str]:

@@ -21,6 +21,7 @@ from benchmarks.bench_serving import (
     parse_args,
     render,
     run,
+    verdict,
 )
 
 
@@ -124,3 +125,10 @@ def test_quick_run_produces_a_complete_table():
         assert math.isfinite(tok_s) and tok_s > 0 and math.isfinite(speedup), r
         if r[0].removesuffix(" (peer)") not in PEERS:
             assert math.isfinite(float(r[6].split()[0])), r  # mean accept length
+
+
+def test_goal_verdict_uses_the_whole_spread():
+    assert verdict(Stat(1.7, 1.55, 1.9, 3), 1.5) == "met"
+    assert verdict(Stat(1.6, 1.4, 1.9, 3), 1.5) == "unclear"
+    assert verdict(Stat(1.2, 1.1, 1.4, 3), 1.5) == "not met"
+    assert verdict(Stat(1.0, 1.0, 1.0, 3), 1.0, strict=True) == "not met"
