@@ -3,8 +3,10 @@
 The head itself (`refserver.mtp_head.MTPHead`) is a DeepSeek-V3 style module. Its cache must
 hold, for every verified position p, the entry computed from (target hidden h_p, token x_{p+1}).
 After each target forward the engine hands over the new verified pairs of each row; this module
-`fill`s all but the last one (they overwrite what earlier drafts wrote speculatively) and starts
-`draft` from the last one, which writes that entry itself.
+`fill`s them all in one block forward (they overwrite what earlier drafts wrote speculatively).
+The output at the last pair IS draft step 1, so `MTPHead.draft_from` continues from there.
+Optionally the drafts choose among the target's N most frequent tokens only
+(`MTPHead.set_draft_vocab`): a proposal, so verification and output are unchanged.
 """
 
 from __future__ import annotations
