@@ -62,7 +62,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -597,7 +597,8 @@ def estimate_seconds(s: Settings, n_prompts: int) -> float:
     return startup + s.rounds * per_round
 
 
-def run(s: Settings) -> str:
+def run(s: Settings, raw_json: Path | None = None) -> str:
+    """The whole benchmark; returns the markdown. `raw_json`: also dump every round's tallies."""
     t_start = time.perf_counter()
     prompts = select_prompts(s.prompts_per_kind)
     log.info(
@@ -647,7 +648,32 @@ def run(s: Settings) -> str:
     }
     table = render(s, rounds, meta)
     print(table)
+    if raw_json is not None:
+        raw_json.write_text(json.dumps(raw_rounds(s, rounds, meta), indent=1))
     return table
+
+
+def raw_rounds(s: Settings, rounds: Sequence[RoundResult], meta: dict[str, str]) -> dict:
+    """Every round's per-cell tallies, for re-analysis (e.g. only the rounds with no other load)."""
+    return {
+        "settings": asdict(s),
+        "meta": meta,
+        "rounds": [
+            {
+                "index": r.index,
+                "wall_s": r.wall_s,
+                "foreign_cores": r.foreign_cores,
+                "steal_cores": r.steal_cores,
+                "cells": [
+                    {"config": k[0], "threads": k[1], "concurrency": k[2], "prompts": k[3]}
+                    | asdict(v)
+                    | {"tok_s": v.tok_s}
+                    for k, v in r.tallies.items()
+                ],
+            }
+            for r in rounds
+        ],
+    }
 
 
 def cpu_model() -> str:
@@ -698,7 +724,11 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--no-peer", action="store_true", help="skip the Hugging Face peers")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the shuffled orders")
-    ap.add_argument("--out", default=None, help="also write the markdown here")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="also write the markdown here (and every round's raw data next to it, as .json)",
+    )
     a = ap.parse_args(argv)
     if a.quick:
         for k, v in QUICK.items():
@@ -733,7 +763,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     s, out = parse_args(argv)
-    table = run(s)
+    table = run(s, Path(out).with_suffix(".json") if out else None)
     if out:
         Path(out).write_text(table)
     return 0
