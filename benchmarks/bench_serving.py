@@ -1,8 +1,13 @@
 """Serving benchmark of refserver on this machine: speculation configs x concurrency, one run.
 
-    python -m benchmarks.bench_serving --dtype bfloat16 --out bench_serving.md
-    python -m benchmarks.bench_serving --quick                  # a few minutes
-    pytest -m benchmark benchmarks/bench_serving.py -s         # the --quick variant
+    python -m benchmarks.bench_serving --out bench_serving.md   # ~15 min on the 2-core VM
+    python -m benchmarks.bench_serving --quick                  # ~2 min
+    pytest -m benchmark benchmarks/test_bench_serving.py -s    # the --quick variant, checked
+
+Defaults: bfloat16, 1 torch thread per server and for the peer (see "Threads" below), all six
+configurations of tests/refserver/helpers.py:SPEC_CONFIGS, concurrency 1 and 8, 4 repetitive
++ 4 open prompts, greedy, max_tokens 64, 3 rounds. `--out X.md` also writes X.json with every
+round's raw tallies and load, for re-analysis.
 
 Why it is built this way: on a shared 2-core VM the speed drifts by tens of percent over
 minutes, so timing configurations one after another turns drift into fake speedups. Here
@@ -43,6 +48,17 @@ plain `generate` (HF's own baseline) and prompt lookup with `prompt_lookup_num_t
 max_matching_ngram_size=3`: HF tries n-gram sizes 3, 2, 1 and proposes up to 5 tokens, which
 is our `ngram K=5` / hybrid K=5 drafter's `max_ngram_size=3, min_ngram_size=1`. HF does not
 let the lookup size change per step, so the same K=5 peer is the reference for hybrid K=3 too.
+In-process the peer pays no HTTP or SSE cost: a small edge to the peer, not to refserver.
+
+Threads: `--threads 1 2` runs every configuration at both counts (twice the servers) and adds
+a paired "2 vs 1" table. The default is 1, by measurement on this 2-core VM at concurrency 1
+(2026-11-27): over HTTP, with the other helpers' jobs using ~1 core, 2
+threads per server were no faster (paired 2 vs 1, 8 rounds: none 1.00x, ngram 0.97x, hybrid
+K=3 s=1 0.94x); in-process they were 1.21x (none) and 1.25x (hybrid K=3 s=1) faster in a
+window with no other load, but collapsed when a core was busy (median 0.09x: OpenMP's barrier
+waits for a preempted thread). One thread leaves a core to the HTTP client, uvicorn and
+anything else, so its numbers move least; `--threads 2` can be faster on a verifiably idle
+machine.
 
 Nothing here asserts on time: the numbers are printed and written as markdown.
 """
