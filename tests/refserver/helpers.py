@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -102,7 +103,8 @@ def start_server(tmp_path: Path, *extra: str) -> Server:
     log_path = tmp_path / f"refserver-{port}.log"
     cmd = [sys.executable, "-m", "refserver", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--max-num-seqs", "8", "--device", "cpu", "--dtype", "float32", "--seed", "0"]
-    cmd += ["--threads", "1", *extra]
+    # REFSERVER_TEST_ARGS (e.g. "--device cuda") runs every server test on another device/dtype.
+    cmd += ["--threads", "1", *shlex.split(os.environ.get("REFSERVER_TEST_ARGS", "")), *extra]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
