@@ -651,7 +651,8 @@ def run(s: Settings, raw_json: Path | None = None) -> str:
     meta = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {cpu_model()}",
         "torch": torch.__version__,
-        "dtype / torch threads per server and peer": f"{s.dtype} / {', '.join(map(str, s.threads))}",
+        "dtype / torch threads (per server and peer)": f"{s.dtype} / "
+        + ", ".join(map(str, s.threads)),
         "prompts": f"{len(prompts)} held-out chat prompts ({s.prompts_per_kind} repetitive, "
         f"{s.prompts_per_kind} open): " + ", ".join(p["id"] for p in prompts),
         "decoding": f"greedy, max_tokens {s.max_tokens}, streaming over HTTP",

@@ -1,4 +1,4 @@
-"""The serving benchmark's harness: its statistics (CI, fast) and a complete --quick run (benchmark).
+"""The serving benchmark's harness: its statistics (CI, fast), a complete --quick run (benchmark).
 
 The statistics tests build rounds by hand: the point is the pairing (a speedup is taken against
 `none` of the same round), which a drifting machine cannot show on demand.
