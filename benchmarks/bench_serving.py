@@ -4,7 +4,7 @@
     python -m benchmarks.bench_serving --quick                  # ~2 min
     pytest -m benchmark benchmarks/test_bench_serving.py -s    # the --quick variant, checked
 
-Defaults: bfloat16, 1 torch thread per server and for the peer (see "Threads" below), all six
+Defaults: bfloat16, 2 torch threads per server and for the peer (see "Threads" below), all six
 configurations of tests/refserver/helpers.py:SPEC_CONFIGS, concurrency 1 and 8, 4 repetitive
 + 4 open prompts, greedy, max_tokens 64, 5 rounds (so the spread is the interquartile range).
 `--out X.md` also writes X.json with every round's raw tallies and load, for re-analysis.
@@ -51,14 +51,14 @@ let the lookup size change per step, so the same K=5 peer is the reference for h
 In-process the peer pays no HTTP or SSE cost: a small edge to the peer, not to refserver.
 
 Threads: `--threads 1 2` runs every configuration at both counts (twice the servers) and adds
-a paired "2 vs 1" table. The default is 1, by measurement on this 2-core VM at concurrency 1
-(2026-11-27): over HTTP, with the other helpers' jobs using ~1 core, 2
-threads per server were no faster (paired 2 vs 1, 8 rounds: none 1.00x, ngram 0.97x, hybrid
-K=3 s=1 0.94x); in-process they were 1.21x (none) and 1.25x (hybrid K=3 s=1) faster in a
-window with no other load, but collapsed when a core was busy (median 0.09x: OpenMP's barrier
-waits for a preempted thread). One thread leaves a core to the HTTP client, uvicorn and
-anything else, so its numbers move least; `--threads 2` can be faster on a verifiably idle
-machine.
+a paired "2 vs 1" table. The default is 2, by measurement on this 2-core VM at concurrency 1
+(2026-11-27, HTTP, paired per round): with no other load (24 rounds) 2 threads per server were
+faster, none 1.11x (IQR 0.98-1.22) and hybrid K=3 s=1 1.20x (1.12-1.29), so the HTTP client
+and uvicorn sharing the cores cost less than the second thread gains. With the other helpers'
+jobs using ~1 core they were not (8 rounds: none 1.00x, ngram 0.97x, hybrid K=3 s=1 0.94x),
+and in-process under that load they could collapse (median 0.09x: OpenMP's barrier waits for
+a preempted thread). So run it on an idle machine (the rounds table shows the other load) or
+pass `--threads 1` on a busy one.
 
 Nothing here asserts on time: the numbers are printed and written as markdown.
 """
@@ -106,7 +106,7 @@ PEERS: dict[str, dict[str, int]] = {
 PROMPT_LOOKUP_PEER = "hf prompt-lookup K=5"
 BASELINE = "none"
 DEFAULT_SEED = 20261127
-# bf16 output tok/s on this 2-core VM, one thread, averaged over the default targets (measured
+# bf16 output tok/s on this 2-core VM, averaged over the default targets (one thread, measured
 # 2026-11-27 with ~1 core of other load); used only for the up-front time estimate.
 NOMINAL_TOK_S = {1: 24.0, 8: 90.0}
 
@@ -736,7 +736,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompts-per-kind", type=int, default=4)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="one or more")
+    ap.add_argument("--threads", type=int, nargs="+", default=[2], help="one or more")
     ap.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     ap.add_argument("--configs", nargs="+", default=list(SPEC_CONFIGS), choices=list(SPEC_CONFIGS))
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
