@@ -720,10 +720,20 @@ def git_head() -> str:
 
 
 # --quick: a few minutes, for `pytest -m benchmark` and for trying the harness.
+# Defaults, and what --quick puts in their place (flags given explicitly win over both). The
+# quick run uses one thread: two can collapse on a busy machine (see "Threads" above).
+DEFAULTS: dict[str, Any] = {
+    "rounds": 5,
+    "max_tokens": 64,
+    "prompts_per_kind": 4,
+    "threads": [2],
+    "configs": list(SPEC_CONFIGS),
+}
 QUICK: dict[str, Any] = {
     "rounds": 2,
     "max_tokens": 24,
     "prompts_per_kind": 1,
+    "threads": [1],
     "configs": ["none", "ngram K=5", "hybrid K=5 s=3"],
 }
 
@@ -732,13 +742,15 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--quick", action="store_true", help="a few minutes: " + str(QUICK))
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--prompts-per-kind", type=int, default=4)
-    ap.add_argument("--threads", type=int, nargs="+", default=[2], help="one or more")
+    ap.add_argument("--quick", action="store_true", help=f"a few minutes: {QUICK}")
+    ap.add_argument("--rounds", type=int, help=f"default {DEFAULTS['rounds']}")
+    ap.add_argument("--max-tokens", type=int, help=f"default {DEFAULTS['max_tokens']}")
+    ap.add_argument("--prompts-per-kind", type=int, help=f"default {DEFAULTS['prompts_per_kind']}")
+    ap.add_argument(
+        "--threads", type=int, nargs="+", help=f"one or more, default {DEFAULTS['threads']}"
+    )
     ap.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
-    ap.add_argument("--configs", nargs="+", default=list(SPEC_CONFIGS), choices=list(SPEC_CONFIGS))
+    ap.add_argument("--configs", nargs="+", choices=list(SPEC_CONFIGS), help="default: all")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--no-peer", action="store_true", help="skip the Hugging Face peers")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the shuffled orders")
@@ -748,8 +760,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
         help="also write the markdown here (and every round's raw data next to it, as .json)",
     )
     a = ap.parse_args(argv)
-    if a.quick:
-        for k, v in QUICK.items():
+    for k, v in (QUICK if a.quick else DEFAULTS).items():
+        if getattr(a, k) is None:
             setattr(a, k, v)
     for name in ("rounds", "max_tokens", "prompts_per_kind"):
         if getattr(a, name) < 1:

@@ -132,3 +132,10 @@ def test_goal_verdict_uses_the_whole_spread():
     assert verdict(Stat(1.6, 1.4, 1.9, 3), 1.5) == "unclear"
     assert verdict(Stat(1.2, 1.1, 1.4, 3), 1.5) == "not met"
     assert verdict(Stat(1.0, 1.0, 1.0, 3), 1.0, strict=True) == "not met"
+
+
+def test_explicit_flags_win_over_quick_and_defaults():
+    quick, _ = parse_args(["--quick", "--rounds", "3"])
+    assert (quick.rounds, quick.threads, quick.max_tokens) == (3, (1,), 24)
+    full, out = parse_args(["--out", "x.md"])
+    assert (full.rounds, full.threads, full.prompts_per_kind, out) == (5, (2,), 4, "x.md")
