@@ -8,8 +8,8 @@ a bug in verification, rollback or drafting.
 from __future__ import annotations
 
 import pytest
-import torch
 
+from refserver.device_check import top2_gap
 from refserver.sampling import SamplingParams
 from tests.refserver.helpers import HYBRID, heldout_prompts
 from tests.refserver.test_engine import make_engine, run
@@ -19,15 +19,6 @@ pytestmark = pytest.mark.slow
 N_PROMPTS = 20
 MAX_TOKENS = 96
 TIE_GAP = 1e-3
-
-
-@torch.inference_mode()
-def top2_gap(model, ids: list[int]) -> tuple[float, int, int]:
-    """Gap between the two largest next-token logits after `ids`, run alone (one row)."""
-    cache = model.new_cache(1, len(ids))
-    h = model(torch.tensor([ids]), torch.arange(len(ids))[None], cache, torch.tensor([0]))
-    top = model.logits(h[:, -1])[0].topk(2)
-    return (top.values[0] - top.values[1]).item(), *top.indices.tolist()
 
 
 def test_hybrid_greedy_equals_none(model_and_tokenizer):
@@ -47,7 +38,7 @@ def test_hybrid_greedy_equals_none(model_and_tokenizer):
         j = next(
             k for k, (x, y) in enumerate(zip(a.token_ids, b.token_ids, strict=False)) if x != y
         )
-        gap, t1, t2 = top2_gap(model, p + a.token_ids[:j])
+        gap, _, t1, t2 = top2_gap(model, p + a.token_ids[:j])
         print(
             f"prompt {i}: diverges at token {j}: none={a.token_ids[j]} hybrid={b.token_ids[j]}, "
             f"top-2 {t1},{t2} logit gap {gap:.3e}"
