@@ -12,6 +12,7 @@ Two facts about the GGUF that the code relies on:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from refserver.tokenizer import Tokenizer
 
@@ -277,15 +279,22 @@ class Attention(nn.Module):
             values = v_cache[batch.first_slot : batch.first_slot + B, :L]
         else:
             keys, values = k_cache[slots, :L], v_cache[slots, :L]  # [B, L, Hkv, hd]
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            keys.to(q.dtype).transpose(1, 2),  # [B, Hkv, L, hd]
-            values.to(q.dtype).transpose(1, 2),
-            attn_mask=batch.mask,
-            enable_gqa=True,
-        )
+        with sdpa_kernel(_CUDA_SDPA_BACKENDS) if q.is_cuda else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                keys.to(q.dtype).transpose(1, 2),  # [B, Hkv, L, hd]
+                values.to(q.dtype).transpose(1, 2),
+                attn_mask=batch.mask,
+                enable_gqa=True,
+            )
         wo = self.wo if self.wo_frozen is None else self.wo_frozen
         return wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+# CUDA attention backends for decoding. Left out: cuDNN's, which plans per new shape, and the
+# cache length L grows by a step every decode step. On an H200 that made bf16 decoding 3x slower
+# than it is without (device_check: none 95 -> 300 tok/s, hybrid 58 -> 423 tok/s).
+_CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class FrozenLinear:
