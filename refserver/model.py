@@ -186,12 +186,10 @@ class BatchInfo:
 
     @staticmethod
     def of(
-        positions: Tensor,
-        slots: Tensor,
-        rope: tuple[Tensor, Tensor],
-        dtype: torch.dtype = torch.float32,
+        positions: Tensor, slots: Tensor, cfg: ModelConfig, dtype: torch.dtype = torch.float32
     ) -> BatchInfo:
         """`dtype`: the attention's compute dtype (SDPA wants the mask in the query's dtype)."""
+        rope = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, str(positions.device))
         B, T = positions.shape
         steps = torch.arange(T, device=positions.device)
         in_order = (positions == positions[:, :1] + steps).all()
@@ -266,7 +264,7 @@ class Attention(nn.Module):
 
         k_cache, v_cache = layer_cache
         if batch.start is not None:  # one row at consecutive positions: a slice copy
-            slot, p = int(slots[0]) if batch.first_slot is None else batch.first_slot, batch.start
+            slot, p = batch.first_slot, batch.start  # B == 1, so first_slot is set
             k_cache[slot, p : p + T] = k[0]
             v_cache[slot, p : p + T] = v[0]
         else:
@@ -369,7 +367,6 @@ class Block(nn.Module):
         self.attention = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
-        self._rope_args = (cfg.head_dim, cfg.max_seq_len, cfg.rope_base)
 
     def forward(
         self,
@@ -377,16 +374,13 @@ class Block(nn.Module):
         positions: Tensor,
         layer_cache: tuple[Tensor, Tensor],
         slots: Tensor,
-        batch: BatchInfo | None = None,
+        batch: BatchInfo,
     ) -> Tensor:
-        """x [B, T, d]; positions [B, T] long; slots [B] long; `batch` optional precomputed facts.
+        """x [B, T, d]; positions [B, T] long; slots [B] long; `batch` = BatchInfo.of(...).
 
         Writes this block's K/V for each token at (slots[b], positions[b, t]) of `layer_cache`
         and attends, per row, to cache positions <= the token's own position.
         """
-        if batch is None:
-            rope = rope_table(*self._rope_args, str(x.device))
-            batch = BatchInfo.of(positions, slots, rope, x.dtype)
         h = x + self.attention(self.attention_norm(x), positions, layer_cache, slots, batch)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -421,9 +415,7 @@ class Transformer(nn.Module):
         applies the final norm and the tied output head.
         """
         x = self.tok_embeddings(tokens)
-        cfg = self.config
-        rope = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, str(x.device))
-        batch = BatchInfo.of(positions, slots, rope, x.dtype)
+        batch = BatchInfo.of(positions, slots, self.config, x.dtype)
         if batch.kv_len > cache.max_len:
             raise ValueError(f"position {batch.kv_len - 1} >= KV cache max_len {cache.max_len}")
         for i, layer in enumerate(self.layers):

@@ -191,10 +191,9 @@ class MTPHead(nn.Module):
         output hidden [B, T, d] (no logits: a refresh does not need them).
         """
         _check_shapes(hidden, next_tokens, positions, slots)
-        cfg = self.config
-        rope = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, str(positions.device))
         x = self.step_input(hidden, next_tokens)
-        batch = BatchInfo.of(positions, slots, rope, x.dtype)  # also the call's one host sync
+        # One host sync for the whole call.
+        batch = BatchInfo.of(positions, slots, self.config, x.dtype)
         if batch.kv_len > cache.max_len:
             raise ValueError(f"position {batch.kv_len - 1} >= MTP cache max_len {cache.max_len}")
         return self.block(x, positions, cache.layer(0), slots, batch)
