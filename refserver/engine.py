@@ -319,6 +319,7 @@ class Engine:
             seq.out_ids.append(t)
             if t in tok.stop_ids and len(seq.out_ids) > p.min_tokens:
                 finish = "stop"
+                seq.text += seq.detokenizer.flush()  # the end: a dangling partial char shows
                 break
             # Text token by token: the token that completes a stop string is the last one kept.
             searched = len(seq.text)
@@ -326,15 +327,12 @@ class Engine:
             cut = _find_stop(seq.text, p.stop, searched) if p.stop else None
             if cut is not None:
                 seq.text = seq.text[:cut]
-                finish = "stop_string"
+                finish = "stop"
                 break
             if len(seq.out_ids) >= p.max_tokens:
                 finish = "length"
+                seq.text += seq.detokenizer.flush()
                 break
-        if finish == "stop_string":
-            finish = "stop"
-        elif finish is not None:  # the end of the text: a dangling partial character shows
-            seq.text += seq.detokenizer.flush()
         seq.metrics.record(len(kept))
         self.counters.record_verify(num_drafts, len(kept))
         self.counters.record_tokens(generated=len(kept))
