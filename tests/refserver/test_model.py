@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
-from refserver.model import ModelConfig, default_gguf_path
+from refserver.model import FrozenLinear, ModelConfig, default_gguf_path
 
 
 def test_config_from_gguf():
@@ -79,3 +81,18 @@ def test_rollback_is_overwriting(model_and_tokenizer):
     # Resume from position n+1 with the true token: the junk at n+1.. must not be seen.
     out = model.logits(model(torch.tensor([ids[n + 1 :]]), torch.tensor([[n + 1]]), cache, slot))
     torch.testing.assert_close(out[0, -1], ref[-1], atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 6, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frozen_linear_equals_f_linear(rows, dtype):
+    """The CPU bf16 fast paths (torch.mv, oneDNN-packed weight) give F.linear's exact bits."""
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(1536, 576, generator=gen).to(dtype)
+    x = torch.randn(1, rows, 576, generator=gen).to(dtype)
+    for pack in (True, False):
+        frozen = FrozenLinear(weight, pack=pack)
+        if pack and dtype is torch.bfloat16 and torch.backends.mkldnn.is_available():
+            assert frozen.packed is not None  # the oneDNN path is the one under test
+        got = frozen(x)
+        assert torch.equal(got, F.linear(x, weight)), f"rows={rows} {dtype} pack={pack}"
