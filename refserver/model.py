@@ -295,6 +295,24 @@ class Attention(nn.Module):
 _CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+@functools.cache
+def onednn_bf16_packing() -> bool:
+    """Whether this CPU and torch build can run oneDNN's packed bf16 linear.
+
+    oneDNN packs bf16 weights only on CPUs with AVX-512 (bw/vl/dq) or AVX-NE-CONVERT; an AVX2-only
+    CPU (or ONEDNN_MAX_CPU_ISA=AVX2) cannot. torch reports that capability itself. Said once in
+    the log, since the packed path is the faster one for multi-row verification.
+    """
+    ok = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if not ok:
+        log.warning(
+            "oneDNN bf16 weight packing is not supported on this CPU (%s); multi-row bf16 "
+            "matmuls use F.linear",
+            torch.backends.cpu.get_cpu_capability(),
+        )
+    return ok
+
+
 class FrozenLinear:
     """x @ weight.T for a frozen inference weight, with CPU bfloat16 fast paths.
 
@@ -311,11 +329,8 @@ class FrozenLinear:
         self.weight = weight
         self.cpu_bf16 = weight.device.type == "cpu" and weight.dtype == torch.bfloat16
         self.packed: Tensor | None = None
-        if pack and self.cpu_bf16 and torch.backends.mkldnn.is_available():
-            try:
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8)
-            except (AttributeError, RuntimeError) as e:  # an op missing from this torch build
-                log.warning("oneDNN weight packing unavailable (%s); using F.linear", e)
+        if pack and self.cpu_bf16 and onednn_bf16_packing():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.cpu_bf16 and x.numel() == x.shape[-1]:  # one row: a matrix-vector product
