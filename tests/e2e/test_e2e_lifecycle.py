@@ -36,14 +36,16 @@ def marker() -> str:
 
 def test_command_that_exits_at_once_fails_fast_with_log_tail(tmp_path: Path, marker: str) -> None:
     code = "import sys; print('model file not found: /nope', flush=True); sys.exit(3)"
-    server = ServerProcess(_spec(code, marker, timeout=60), tmp_path)
+    # The deadline is far beyond any machine's start-up cost, so "fails before it" is not a
+    # timing assumption: waiting for the deadline is the bug this catches.
+    server = ServerProcess(_spec(code, marker, timeout=600), tmp_path)
     started = time.monotonic()
     with pytest.raises(ServerStartError) as info:
         server.start()
     elapsed = time.monotonic() - started
     message = str(info.value)
-    assert elapsed < 10, (
-        f"a dead process must fail at once, not after the 60 s deadline ({elapsed:.1f} s)"
+    assert elapsed < 120, (
+        f"a dead process must fail at once, not after the 600 s deadline ({elapsed:.1f} s)"
     )
     assert "exited with code 3" in message
     assert "model file not found: /nope" in message  # the log tail
@@ -71,7 +73,7 @@ def test_server_that_never_becomes_healthy_fails_at_the_deadline_and_leaves_no_o
     with pytest.raises(ServerStartError) as info:
         server.start()
     elapsed = time.monotonic() - started
-    assert 3 <= elapsed < 15, elapsed
+    assert 3 <= elapsed < 120, elapsed  # at the 3 s deadline: not before it, and no hang
     assert "did not become healthy" in str(info.value)
     assert "within 3 s" in str(info.value)
     assert "loading weights..." in str(info.value)
@@ -103,7 +105,7 @@ def test_server_ignoring_sigterm_is_killed_after_grace(tmp_path: Path, marker: s
     server.start()
     started = time.monotonic()
     server.stop()
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 60  # the 1 s grace, then SIGKILL; not the default wait
     assert not wait_gone(marker, 3)
 
 
