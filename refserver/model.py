@@ -147,25 +147,17 @@ def rope_table(
     return angles.cos().float().to(device), angles.sin().float().to(device)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved pairs of x [B, T, H, hd] by cos/sin [B, T, hd/2]."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
-    c, s = cos[:, :, None, :], sin[:, :, None, :]
-    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
-    return out.flatten(-2).to(x.dtype)
-
-
-def rope_rotation(positions: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+def rope_rotation(positions: Tensor, cfg: ModelConfig) -> Tensor:
     """Complex float32 rotations e^{i*angle} [B, T, 1, hd/2] for `positions` [B, T]: computed
-    once per forward and shared by every layer's q and k (see `apply_rope_complex`)."""
-    return torch.complex(rope[0][positions], rope[1][positions])[:, :, None, :]
+    once per forward and shared by every layer's q and k (see `apply_rope`)."""
+    cos, sin = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, str(positions.device))
+    return torch.complex(cos[positions], sin[positions])[:, :, None, :]
 
 
-def apply_rope_complex(x: Tensor, rotation: Tensor) -> Tensor:
-    """`apply_rope` as one complex multiply: the interleaved pair (x0, x1) is x0 + i*x1, and
-    (x0 + i x1)(c + i s) = (x0 c - x1 s) + i (x0 s + x1 c). In float32 like `apply_rope`:
-    bf16 would round the rotated values of late positions. x [B, T, H, hd]."""
+def apply_rope(x: Tensor, rotation: Tensor) -> Tensor:
+    """Rotate interleaved pairs of x [B, T, H, hd] by `rotation` (see `rope_rotation`) as one
+    complex multiply: the pair (x0, x1) is x0 + i*x1, and (x0 + i x1)(c + i s) =
+    (x0 c - x1 s) + i (x0 s + x1 c). In float32: bf16 would round late positions' values."""
     xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(xc * rotation).flatten(-2).to(x.dtype)
 
@@ -189,7 +181,6 @@ class BatchInfo:
         positions: Tensor, slots: Tensor, cfg: ModelConfig, dtype: torch.dtype = torch.float32
     ) -> BatchInfo:
         """`dtype`: the attention's compute dtype (SDPA wants the mask in the query's dtype)."""
-        rope = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, str(positions.device))
         B, T = positions.shape
         steps = torch.arange(T, device=positions.device)
         in_order = (positions == positions[:, :1] + steps).all()
@@ -210,89 +201,9 @@ class BatchInfo:
             kv_len=kv_len,
             first_slot=slot_list[0] if contiguous else None,
             start=starts[0] if B == 1 and ordered else None,
-            rotation=rope_rotation(positions, rope),
+            rotation=rope_rotation(positions, cfg),
             mask=mask,
         )
-
-
-class Attention(nn.Module):
-    """Grouped-query attention over the static KV cache.
-
-    wq/wk/wv stay separate modules (the state dict, the MTP head's training and refserver.train
-    use them); `fuse_()` adds one [wq; wk; wv] weight for inference, so that a forward runs one
-    matmul instead of three.
-    """
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
-        self.wqkv: FrozenLinear | None = None
-        self.wo_frozen: FrozenLinear | None = None
-
-    def fuse_(self) -> None:
-        """Concatenate wq, wk, wv into `wqkv`; the three weights become views of it (no second
-        copy). For frozen inference weights: call after the last `.to()`."""
-        self.wqkv = FrozenLinear(_fuse_linears(self.wq, self.wk, self.wv))
-        self.wo_frozen = FrozenLinear(self.wo.weight)
-
-    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q [B, T, H, hd], k and v [B, T, Hkv, hd], before RoPE."""
-        B, T, _ = x.shape
-        if self.wqkv is None:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        else:
-            kv = self.n_kv_heads * self.head_dim
-            q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim, kv, kv], -1)
-        hd = self.head_dim
-        return q.view(B, T, -1, hd), k.view(B, T, -1, hd), v.view(B, T, -1, hd)
-
-    def forward(
-        self,
-        x: Tensor,
-        positions: Tensor,
-        layer_cache: tuple[Tensor, Tensor],
-        slots: Tensor,
-        batch: BatchInfo,
-    ) -> Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x)
-        q, k = apply_rope_complex(q, batch.rotation), apply_rope_complex(k, batch.rotation)
-
-        k_cache, v_cache = layer_cache
-        if batch.start is not None:  # one row at consecutive positions: a slice copy
-            slot, p = batch.first_slot, batch.start  # B == 1, so first_slot is set
-            k_cache[slot, p : p + T] = k[0]
-            v_cache[slot, p : p + T] = v[0]
-        else:
-            rows = slots[:, None].expand(B, T)
-            k_cache[rows, positions] = k.to(k_cache.dtype)
-            v_cache[rows, positions] = v.to(v_cache.dtype)
-        L = batch.kv_len  # read only as far as the furthest query: later stale data is unused
-        if batch.first_slot is not None:  # slots s..s+B-1: a view, no copy
-            keys = k_cache[batch.first_slot : batch.first_slot + B, :L]
-            values = v_cache[batch.first_slot : batch.first_slot + B, :L]
-        else:
-            keys, values = k_cache[slots, :L], v_cache[slots, :L]  # [B, L, Hkv, hd]
-        with sdpa_kernel(_CUDA_SDPA_BACKENDS) if q.is_cuda else contextlib.nullcontext():
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2),
-                keys.to(q.dtype).transpose(1, 2),  # [B, Hkv, L, hd]
-                values.to(q.dtype).transpose(1, 2),
-                attn_mask=batch.mask,
-                enable_gqa=True,
-            )
-        wo = self.wo if self.wo_frozen is None else self.wo_frozen
-        return wo(out.transpose(1, 2).reshape(B, T, -1))
-
-
-# CUDA attention backends for decoding. Left out: cuDNN's, which plans per new shape, and the
-# cache length L grows by a step every decode step. On an H200 that made bf16 decoding 3x slower
-# than it is without (device_check: none 95 -> 300 tok/s, hybrid 58 -> 423 tok/s).
-_CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @functools.cache
@@ -313,64 +224,168 @@ def onednn_bf16_packing() -> bool:
     return ok
 
 
-class FrozenLinear:
-    """x @ weight.T for a frozen inference weight, with CPU bfloat16 fast paths.
+class Linear(nn.Linear):
+    """x @ weight.T (no bias), with CPU bfloat16 fast paths once the weight is frozen.
 
-    Measured on this project's CPU (1 thread, bf16) against F.linear, same results:
-    - one row (decode without drafts, MTP steps): `torch.mv` is ~25-40% faster;
+    `freeze_()` (inference, after the last `.to()`) enables, on CPU bf16 only, results equal
+    to F.linear's bit for bit and measured faster on this project's CPU (1 thread):
+    - one row (decode without drafts, MTP steps): `torch.mv`, ~25-40% faster;
     - several rows (draft verification): a weight reordered once into oneDNN's blocked layout
-      (what inductor's weight freezing does) is ~25% faster for 4..8 rows; for the 49152-row
+      (what inductor's weight freezing does), ~25% faster for 4..8 rows; for the 49152-row
       output head it is slower, hence `pack=False` there.
-    Elsewhere (CUDA, float32, no mkldnn) it is plain F.linear. Not an nn.Module: `.to()` does
-    not move it, so build it after the weights are placed.
+    Elsewhere (CUDA, float32, training, no oneDNN bf16) it is plain F.linear.
     """
 
-    def __init__(self, weight: Tensor, pack: bool = True) -> None:
-        self.weight = weight
-        self.cpu_bf16 = weight.device.type == "cpu" and weight.dtype == torch.bfloat16
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.cpu_bf16 = False  # set by freeze_: the fast paths apply
         self.packed: Tensor | None = None
+
+    @classmethod
+    def frozen(cls, weight: Tensor, pack: bool = True) -> Linear:
+        """A frozen Linear over an existing weight [out, in] (shared, not copied)."""
+        with torch.device("meta"):
+            lin = cls(weight.shape[1], weight.shape[0])
+        lin.weight = nn.Parameter(weight, requires_grad=False)
+        return lin.freeze_(pack)
+
+    def freeze_(self, pack: bool = True) -> Linear:
+        w = self.weight
+        self.cpu_bf16 = w.device.type == "cpu" and w.dtype == torch.bfloat16
         if pack and self.cpu_bf16 and onednn_bf16_packing():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8)
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8)
+        return self
 
-    def __call__(self, x: Tensor) -> Tensor:
-        if self.cpu_bf16 and x.numel() == x.shape[-1]:  # one row: a matrix-vector product
-            return torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
-        if self.packed is None:
-            return F.linear(x, self.weight)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-
-
-def _fuse_linears(*linears: nn.Linear) -> Tensor:
-    """One weight [sum(out), in]; each linear's weight becomes a view of its row block."""
-    fused = torch.cat([lin.weight.detach() for lin in linears])
-    row = 0
-    for lin in linears:
-        n = lin.weight.shape[0]
-        lin.weight = nn.Parameter(fused[row : row + n], requires_grad=False)
-        row += n
-    return fused
+    def forward(self, x: Tensor) -> Tensor:
+        if self.cpu_bf16:
+            if x.numel() == x.shape[-1]:  # one row: a matrix-vector product
+                return torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
+            if self.packed is not None:
+                return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        return F.linear(x, self.weight)
 
 
-class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x). `fuse_()` runs w1 and w3 as one matmul for inference."""
+def _fuse_split_weights(fused: str, parts: tuple[str, ...]):
+    """A load_state_dict pre-hook: the split weights (`parts`, as the GGUF and the MTP head's
+    safetensors name them) become one fused weight `fused`, rows in order."""
+
+    def hook(module, state_dict, prefix, *_) -> None:
+        names = [prefix + p + ".weight" for p in parts]
+        if all(n in state_dict for n in names):
+            state_dict[prefix + fused + ".weight"] = torch.cat([state_dict.pop(n) for n in names])
+
+    return hook
+
+
+def split_fused_weights(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """The inverse of the fusing hooks: `...wqkv` -> wq, wk, wv and `...w13` -> w1, w3, so that
+    saved files keep the split names (the committed MTP head's format)."""
+    kv = cfg.n_kv_heads * cfg.head_dim
+    sizes = {
+        "attention.wqkv": (("wq", "wk", "wv"), [cfg.n_heads * cfg.head_dim, kv, kv]),
+        "feed_forward.w13": (("w1", "w3"), [cfg.ffn_dim, cfg.ffn_dim]),
+    }
+    out: dict[str, Tensor] = {}
+    for name, tensor in state.items():
+        for fused, (parts, rows) in sizes.items():
+            if name.endswith(fused + ".weight"):
+                stem = name[: -len(fused.split(".")[1] + ".weight")]
+                for part, piece in zip(parts, tensor.split(rows), strict=True):
+                    out[f"{stem}{part}.weight"] = piece
+                break
+        else:
+            out[name] = tensor
+    return out
+
+
+# CUDA attention backends for decoding. Left out: cuDNN's, which plans per new shape, and the
+# cache length L grows by a step every decode step. On an H200 that made bf16 decoding 3x slower
+# than it is without (device_check: none 95 -> 300 tok/s, hybrid 58 -> 423 tok/s).
+_CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+class Attention(nn.Module):
+    """Grouped-query attention: the one attention of the target, the MTP head and the trainer.
+
+    q/k/v are one fused matmul (`wqkv`, fused at load from the split GGUF/safetensors weights).
+    `project` and `attend` are the two halves that every caller shares; `forward` puts them
+    around the static KV cache. Cache-free callers (the MTP head's training forward, the
+    training-data generator's left-padded cache) call the halves with their own keys and mask.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # gate
-        self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # up
-        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)  # down
-        self.w13: FrozenLinear | None = None
-        self.w2_frozen: FrozenLinear | None = None
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wqkv = Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim)
+        self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.dim)
+        self.register_load_state_dict_pre_hook(_fuse_split_weights("wqkv", ("wq", "wk", "wv")))
 
-    def fuse_(self) -> None:
-        self.w13 = FrozenLinear(_fuse_linears(self.w1, self.w3))
-        self.w2_frozen = FrozenLinear(self.w2.weight)
+    def project(self, x: Tensor, rotation: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q [B, T, H, hd] and k [B, T, Hkv, hd] rotated by `rotation`, and v [B, T, Hkv, hd]."""
+        B, T, _ = x.shape
+        kv = self.n_kv_heads * self.head_dim
+        q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim, kv, kv], -1)
+        hd = self.head_dim
+        q, k = (
+            apply_rope(q.view(B, T, -1, hd), rotation),
+            apply_rope(k.view(B, T, -1, hd), rotation),
+        )
+        return q, k, v.view(B, T, -1, hd)
+
+    def attend(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+        """wo(softmax(q k^T / sqrt(hd) + mask) v) for q [B, T, H, hd], keys/values [B, L, Hkv, hd]
+        and `mask` broadcastable to [B, H, T, L] (additive, or boolean: True = visible)."""
+        B, T = q.shape[:2]
+        with sdpa_kernel(_CUDA_SDPA_BACKENDS) if q.is_cuda else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                keys.to(q.dtype).transpose(1, 2),  # [B, Hkv, L, hd]
+                values.to(q.dtype).transpose(1, 2),
+                attn_mask=mask,
+                enable_gqa=True,
+            )
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        layer_cache: tuple[Tensor, Tensor],
+        slots: Tensor,
+        batch: BatchInfo,
+    ) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.project(x, batch.rotation)
+        k_cache, v_cache = layer_cache
+        if batch.start is not None:  # one row at consecutive positions: a slice copy
+            slot, p = batch.first_slot, batch.start  # B == 1, so first_slot is set
+            k_cache[slot, p : p + T] = k[0]
+            v_cache[slot, p : p + T] = v[0]
+        else:
+            rows = slots[:, None].expand(B, T)
+            k_cache[rows, positions] = k.to(k_cache.dtype)
+            v_cache[rows, positions] = v.to(v_cache.dtype)
+        L = batch.kv_len  # read only as far as the furthest query: later stale data is unused
+        if batch.first_slot is not None:  # slots s..s+B-1: a view, no copy
+            keys = k_cache[batch.first_slot : batch.first_slot + B, :L]
+            values = v_cache[batch.first_slot : batch.first_slot + B, :L]
+        else:
+            keys, values = k_cache[slots, :L], v_cache[slots, :L]  # [B, L, Hkv, hd]
+        return self.attend(q, keys, values, batch.mask)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(gate) * up), gate and up from one fused matmul (`w13` = [w1; w3])."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.w13 = Linear(cfg.dim, 2 * cfg.ffn_dim)
+        self.w2 = Linear(cfg.ffn_dim, cfg.dim)  # down
+        self.register_load_state_dict_pre_hook(_fuse_split_weights("w13", ("w1", "w3")))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.w13 is None or self.w2_frozen is None:
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
         gate, up = self.w13(x).chunk(2, dim=-1)
-        return self.w2_frozen(F.silu(gate) * up)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -397,11 +412,20 @@ class Block(nn.Module):
         and attends, per row, to cache positions <= the token's own position.
         """
         h = x + self.attention(self.attention_norm(x), positions, layer_cache, slots, batch)
+        return self.mlp_residual(h)
+
+    def mlp_residual(self, h: Tensor) -> Tensor:
+        """The block's second half, h + ffn(norm(h)), for callers that run `attention`'s halves
+        themselves."""
         return h + self.feed_forward(self.ffn_norm(h))
 
-    def fuse_(self) -> None:
-        self.attention.fuse_()
-        self.feed_forward.fuse_()
+
+def freeze_linears_(module: nn.Module) -> None:
+    """`Linear.freeze_()` on every Linear inside `module`: once its weights are frozen and
+    placed (after the last `.to()`)."""
+    for m in module.modules():
+        if isinstance(m, Linear):
+            m.freeze_()
 
 
 class Transformer(nn.Module):
@@ -411,9 +435,8 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.output = Linear(cfg.dim, cfg.vocab_size)
         self.output.weight = self.tok_embeddings.weight  # tied, as in the GGUF (no output.weight)
-        self.output_frozen: FrozenLinear | None = None
 
     def new_cache(self, max_slots: int, max_len: int) -> KVCache:
         cfg = self.config
@@ -437,17 +460,14 @@ class Transformer(nn.Module):
             x = layer(x, positions, cache.layer(i), slots, batch)
         return x
 
-    def fuse_(self) -> None:
-        """Fused q/k/v and gate/up weights and frozen linears for inference (see
-        `Attention.fuse_`, `FrozenLinear`): call once the weights are frozen and placed."""
-        for layer in self.layers:
-            layer.fuse_()
-        self.output_frozen = FrozenLinear(self.output.weight, pack=False)
+    def freeze_(self) -> None:
+        """Frozen inference weights (see `Linear`): call once they are placed."""
+        freeze_linears_(self.layers)
+        self.output.freeze_(pack=False)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Final norm + output head, in float32 so argmax ties are decided at full precision."""
-        output = self.output if self.output_frozen is None else self.output_frozen
-        return output(self.norm(hidden)).float()
+        return self.output(self.norm(hidden)).float()
 
 
 # GGUF tensor name -> our parameter name, per block.
@@ -509,7 +529,7 @@ def load_model(
         if name in norm_names:
             p.data = p.data.float()
     model.eval().requires_grad_(False)
-    model.fuse_()
+    model.freeze_()
     log.info("loaded %s: %s, %s on %s", path.name, cfg, dtype, device)
     return model, Tokenizer.from_gguf(reader)
 

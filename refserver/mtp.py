@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from refserver.model import Transformer
+from refserver.model import Transformer, freeze_linears_
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def load_mtp_drafter(
         )
         head = MTPHead.from_target(target)
     head.eval().requires_grad_(False)
-    head.block.fuse_()
+    freeze_linears_(head)
     if draft_vocab > 0:
         rank = load_token_rank(rank_path)
         if draft_vocab > rank.numel():

@@ -41,19 +41,18 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from refserver.model import (
     BatchInfo,
     Block,
-    FrozenLinear,
     KVCache,
+    Linear,
     ModelConfig,
     RMSNorm,
     Transformer,
-    apply_rope,
-    rope_table,
+    rope_rotation,
+    split_fused_weights,
 )
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ class MTPHead(nn.Module):
         self.config = cfg
         self.hidden_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.embed_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.proj = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)
+        self.proj = Linear(2 * cfg.dim, cfg.dim)
         self.block = Block(cfg)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         # Shared with the target and frozen. Kept in a tuple so that they are neither registered
@@ -76,7 +75,7 @@ class MTPHead(nn.Module):
         # Optional draft vocabulary (see `set_draft_vocab`): token ids [N] and their rows of the
         # output head [N, d]. Plain attributes, not buffers: never saved, never trained.
         self._draft_ids: Tensor | None = None
-        self._draft_weight: FrozenLinear | None = None
+        self._draft_weight: Linear | None = None
 
     # ----------------------------------------------------------------------------- construction
 
@@ -125,7 +124,8 @@ class MTPHead(nn.Module):
         """Save the head's own weights (not the shared embedding/output) as safetensors."""
         from safetensors.torch import save_file
 
-        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        state = split_fused_weights(self.state_dict(), self.config)  # the file keeps wq/wk/wv
+        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
         meta = {
             "format": FORMAT,
             "dim": str(self.config.dim),
@@ -159,7 +159,7 @@ class MTPHead(nn.Module):
         if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= V:
             raise ValueError(f"draft vocab of {ids.numel()} token ids: need >= 1, each in [0, {V})")
         self._draft_ids = ids
-        self._draft_weight = FrozenLinear(weight.detach()[ids].contiguous(), pack=False)
+        self._draft_weight = Linear.frozen(weight.detach()[ids].contiguous(), pack=False)
 
     @property
     def draft_vocab_size(self) -> int:
@@ -312,12 +312,11 @@ class MTPHead(nn.Module):
         diag_k: list[Tensor] = []
         diag_v: list[Tensor] = []
         h = hidden
+        attention = self.block.attention
         for k in range(1, steps + 1):
-            tok_k = _shift_left(tokens, k)
-            x = self.step_input(h, tok_k)
-            blk = self.block
-            xn = blk.attention_norm(x)
-            q, kk, vv = _qkv(blk, xn, positions + (k - 1), self.config)
+            x = self.step_input(h, _shift_left(tokens, k))
+            rotation = rope_rotation(positions + (k - 1), self.config)
+            q, kk, vv = attention.project(self.block.attention_norm(x), rotation)
             if base_kv is None:
                 base_kv = (kk, vv)
                 keys, values, mask = kk, vv, base_mask
@@ -327,40 +326,14 @@ class MTPHead(nn.Module):
                 keys = torch.cat([base_kv[0], *diag_k], dim=1)
                 values = torch.cat([base_kv[1], *diag_v], dim=1)
                 mask = torch.cat([base_mask] + [eye] * len(diag_k), dim=2)
-            attn = _sdpa(blk, q, keys, values, mask)
-            g = x + blk.attention.wo(attn)
-            g = g + blk.feed_forward(blk.ffn_norm(g))
-            outs.append(g)
-            h = g
+            h = self.block.mlp_residual(x + attention.attend(q, keys, values, mask[:, None]))
+            outs.append(h)
         return outs
 
 
 def _shift_left(tokens: Tensor, k: int) -> Tensor:
     """tokens[:, t + k] at index t; the last k indices repeat the final token (masked later)."""
     return torch.cat([tokens[:, k:], tokens[:, -1:].expand(-1, k)], dim=1)
-
-
-def _qkv(
-    blk: Block, xn: Tensor, positions: Tensor, cfg: ModelConfig
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The block's q [R,L,H,hd], k, v [R,L,Hkv,hd] with RoPE at `positions`, as Attention does."""
-    a = blk.attention
-    R, L, _ = xn.shape
-    q = a.wq(xn).view(R, L, a.n_heads, a.head_dim)
-    k = a.wk(xn).view(R, L, a.n_kv_heads, a.head_dim)
-    v = a.wv(xn).view(R, L, a.n_kv_heads, a.head_dim)
-    rope_cos, rope_sin = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, str(xn.device))
-    cos, sin = rope_cos[positions], rope_sin[positions]
-    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-
-
-def _sdpa(blk: Block, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-    a = blk.attention
-    rep = a.n_heads // a.n_kv_heads
-    keys = keys.to(q.dtype).repeat_interleave(rep, dim=2).transpose(1, 2)
-    values = values.to(q.dtype).repeat_interleave(rep, dim=2).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask[:, None])
-    return out.transpose(1, 2).flatten(2)
 
 
 def _check_shapes(hidden: Tensor, next_tokens: Tensor, positions: Tensor, slots: Tensor) -> None:

@@ -8,15 +8,13 @@ until every row of the batch has stopped (checked every 8 steps); their extra to
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from refserver.model import Transformer, apply_rope, rope_table
+from refserver.model import Transformer, rope_rotation
 
 log = logging.getLogger(__name__)
 
@@ -142,83 +140,64 @@ def recompute_hidden(
 class _Decoder:
     """Left-padded batched decoding over the target's own weights, with no host sync per layer.
 
-    `Transformer.forward` reads `positions.max()` on the host in every layer (30 syncs per
-    token), which made generation sync-bound on the GPU machine (~45 ms per step at any batch
-    size). Here all rows share one column index per step: prompts are left-padded and a key mask
-    hides the padding. RoPE only sees position differences, so a row shifted right by its padding
-    gets the same hidden states as at its true positions (up to rounding).
+    `Transformer.forward` syncs with the host once per forward to lay out its cache reads, which
+    made generation sync-bound on the GPU machine. Here all rows share one column index per
+    step: prompts are left-padded and a key mask hides the padding. RoPE only sees position
+    differences, so a row shifted right by its padding gets the same hidden states as at its
+    true positions (up to rounding; a test pins them to `Transformer.forward`). The layers run
+    through the model's own `Attention.project` / `attend` and `Block.mlp_residual`.
     """
 
     def __init__(self, model: Transformer, batch: int, max_len: int) -> None:
         cfg = model.config
         p = model.tok_embeddings.weight
         self.model = model
-        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)  # KVCache's [slot, pos] layout
         self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in model.layers]
         self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in model.layers]
-        self.cos, self.sin = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, str(p.device))
-        self.rep = cfg.n_heads // cfg.n_kv_heads
+
+    def _layers(self, x: Tensor, rotation: Tensor, write, mask: Tensor) -> Tensor:
+        """Every block over x; `write(i, k, v)` stores layer i's new K/V and returns the keys
+        and values to attend over; `mask` [b, 1, T, L] boolean, True = visible."""
+        for i, blk in enumerate(self.model.layers):
+            q, k, v = blk.attention.project(blk.attention_norm(x), rotation)
+            keys, values = write(i, k, v)
+            x = blk.mlp_residual(x + blk.attention.attend(q, keys, values, mask))
+        return x
 
     def prefill(self, tokens: Tensor, valid: Tensor) -> Tensor:
         """tokens [b, P] (left-padded) at columns 0..P-1; valid [b, max_len] marks real keys.
         Returns the pre-final-norm hidden states [b, P, d]."""
         b, T = tokens.shape
-        dev = tokens.device
-        cols = torch.arange(T, device=dev)
+        cols = torch.arange(T, device=tokens.device)
         mask = valid[:, None, :T] & (cols[None, None, :] <= cols[None, :, None])
         mask = mask | (cols[None, None, :] == cols[None, :, None])  # padding sees itself: no NaN
-        x = self.model.tok_embeddings(tokens)
-        cos, sin = self.cos[:T][None], self.sin[:T][None]
-        for i, blk in enumerate(self.model.layers):
-            q, k, v = self._qkv(blk, x, cos, sin)
-            self.k[i][:b, :, :T] = k.transpose(1, 2)
-            self.v[i][:b, :, :T] = v.transpose(1, 2)
-            Kr = self.k[i][:b, :, :T].repeat_interleave(self.rep, dim=1)
-            Vr = self.v[i][:b, :, :T].repeat_interleave(self.rep, dim=1)
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), Kr, Vr, attn_mask=mask[:, None])
-            x = self._finish(blk, x, out.transpose(1, 2).reshape(b, T, -1))
-        return x
 
-    def _qkv(self, blk, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a = blk.attention
-        b, T, _ = x.shape
-        xn = blk.attention_norm(x)
-        q = a.wq(xn).view(b, T, a.n_heads, a.head_dim)
-        k = a.wk(xn).view(b, T, a.n_kv_heads, a.head_dim)
-        v = a.wv(xn).view(b, T, a.n_kv_heads, a.head_dim)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        def write(i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+            self.k[i][:b, :T] = k
+            self.v[i][:b, :T] = v
+            return self.k[i][:b, :T], self.v[i][:b, :T]
 
-    @staticmethod
-    def _finish(blk, x: Tensor, attn_out: Tensor) -> Tensor:
-        x = x + blk.attention.wo(attn_out)
-        return x + blk.feed_forward(blk.ffn_norm(x))
+        rotation = rope_rotation(cols[None], self.model.config)
+        return self._layers(self.model.tok_embeddings(tokens), rotation, write, mask[:, None])
 
     def step_static(self, tokens: Tensor, col: Tensor, valid: Tensor) -> Tensor:
         """One decode step, tokens [b, 1] at column `col` (a 0-d device tensor); static shapes
         throughout (attention spans the whole cache, masked), so it can be a CUDA graph."""
         b = tokens.shape[0]
-        max_len = self.k[0].shape[2]
-        keys = torch.arange(max_len, device=tokens.device)
+        keys = torch.arange(self.k[0].shape[1], device=tokens.device)
         mask = valid & (keys[None, :] <= col)  # [b, max_len]
-        x = self.model.tok_embeddings(tokens)
-        # index_select, not self.cos[col]: indexing by a 0-d tensor reads it on the host, which a
-        # CUDA graph capture forbids.
-        cos = self.cos.index_select(0, col.view(1)).view(1, 1, -1)
-        sin = self.sin.index_select(0, col.view(1)).view(1, 1, -1)
-        for i, blk in enumerate(self.model.layers):
-            a = blk.attention
-            q, k, v = self._qkv(blk, x, cos, sin)
-            K, V = self.k[i][:b], self.v[i][:b]  # [b, Hkv, max_len, hd]
-            K.index_copy_(2, col.view(1), k.transpose(1, 2))
-            V.index_copy_(2, col.view(1), v.transpose(1, 2))
-            # One query per row: grouped attention without repeating K/V per query head.
-            qg = q.view(b, a.n_kv_heads, self.rep, a.head_dim)
-            scores = torch.einsum("bgrd,bgld->bgrl", qg, K).float() / math.sqrt(a.head_dim)
-            scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-            probs = torch.softmax(scores, dim=-1).to(V.dtype)
-            out = torch.einsum("bgrl,bgld->bgrd", probs, V).reshape(b, 1, -1)
-            x = self._finish(blk, x, out)
-        return x
+
+        def write(i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+            # index_copy_ by a device tensor: indexing by a 0-d tensor would read it on the
+            # host, which a CUDA graph capture forbids.
+            K, V = self.k[i][:b], self.v[i][:b]
+            K.index_copy_(1, col.view(1), k)
+            V.index_copy_(1, col.view(1), v)
+            return K, V
+
+        rotation = rope_rotation(col.view(1, 1), self.model.config)
+        return self._layers(self.model.tok_embeddings(tokens), rotation, write, mask[:, None, None])
 
     def stepper(self, b: int, valid: Tensor) -> _Stepper:
         return _Stepper(self, b, valid)
@@ -298,7 +277,7 @@ def _generate_batch(
     tokens = torch.zeros(b, P, dtype=torch.long, device=device)
     for r, p in enumerate(prompts):
         tokens[r, pads[r] :] = torch.tensor(p, device=device)
-    valid = torch.ones(b, dec.k[0].shape[2], dtype=torch.bool, device=device)
+    valid = torch.ones(b, dec.k[0].shape[1], dtype=torch.bool, device=device)
     valid[:, :P] = (
         torch.arange(P, device=device)[None] >= torch.tensor(pads, device=device)[:, None]
     )

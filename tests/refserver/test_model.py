@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refserver.model import FrozenLinear, ModelConfig, default_gguf_path, onednn_bf16_packing
+from refserver.model import Linear, ModelConfig, default_gguf_path, onednn_bf16_packing
 
 
 def test_config_from_gguf():
@@ -95,7 +95,7 @@ def test_frozen_linear_equals_f_linear(rows, dtype):
     weight = torch.randn(1536, 576, generator=gen).to(dtype)
     x = torch.randn(1, rows, 576, generator=gen).to(dtype)
     for pack in (True, False):
-        frozen = FrozenLinear(weight, pack=pack)
+        frozen = Linear.frozen(weight, pack=pack)
         expect_packed = pack and dtype is torch.bfloat16 and onednn_bf16_packing()
         assert (frozen.packed is not None) == expect_packed
         got = frozen(x)

@@ -95,6 +95,31 @@ def test_recomputed_hidden_states_match_generation(tiny_target):
     assert worst < 1e-4
 
 
+def test_generator_hidden_states_equal_the_model_forward(tiny_target):
+    """The generator's left-padded batched decoding (prefill, then static decode steps) gives
+    the hidden states `Transformer.forward` gives each sequence alone, at its true positions:
+    the training data is the engine's model, not a look-alike."""
+    gen = torch.Generator().manual_seed(SEED)
+    prompts = [
+        torch.randint(0, TINY.vocab_size, (int(n),), generator=gen).tolist()
+        for n in torch.randint(2, 12, (5,), generator=gen)
+    ]
+    samples = generate(tiny_target, prompts, set(), GenConfig(batch_size=5, max_new_tokens=9))
+    worst = 0.0
+    for s in samples:
+        n = len(s.tokens)
+        cache = tiny_target.new_cache(1, n)
+        ref = tiny_target(s.tokens[None, :-1], torch.arange(n - 1)[None], cache, torch.tensor([0]))
+        assert s.hidden is not None and s.hidden.shape == ref[0].shape
+        # Greedy rows: each generated token is the model's own argmax after its prefix.
+        assert torch.equal(
+            tiny_target.logits(ref[0, s.prompt_len - 1 :]).argmax(-1), s.tokens[s.prompt_len :]
+        )
+        worst = max(worst, float((s.hidden - ref[0]).abs().max() / ref.abs().max()))
+    print(f"max relative difference {worst:.2e}")
+    assert worst < 1e-5
+
+
 def test_truncated_sample_keeps_prompt_and_cuts_answer():
     s = Sample(torch.arange(20), torch.zeros(19, 4), 8, True, 3, 1)
     cut = s.truncated(5)
