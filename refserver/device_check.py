@@ -19,20 +19,18 @@ Exit status 1 if any divergence is not a near-tie.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from refserver.config import EngineConfig, SpeculativeConfig
 from refserver.engine import Engine, Request, StepOutput
+from refserver.heldout import heldout_prompts
 from refserver.model import Transformer, load_model
 from refserver.sampling import SamplingParams
 
-PROMPTS = Path(__file__).parent / "assets" / "prompts" / "heldout.jsonl"
 HYBRID = (
     '{"method":"mtp","num_speculative_tokens":5,"num_model_steps":3,'
     '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     model, tok = load_model(args.gguf, dtype=dtype, device=torch.device(args.device))
-    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
+    rows = heldout_prompts()
     prompts = [tok.encode(tok.apply_chat_template(r["messages"])) for r in rows[: args.prompts]]
 
     measured = {}

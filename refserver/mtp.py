@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 LONG_FILL = 16  # rows with more new pairs than this (a prompt) are refreshed in their own call
 DEFAULT_HEAD_PATH = Path(__file__).parent / "assets" / "mtp_head.safetensors"
 # Token ids of the target's answers by descending frequency (tensors `rank`, `count`); written by
-# refserver/train from the target's own greedy answers to the training prompts.
+# mtp_train from the target's own greedy answers to the training prompts.
 DEFAULT_RANK_PATH = Path(__file__).parent / "assets" / "target_token_rank.safetensors"
 
 

@@ -238,8 +238,8 @@ def test_committed_weights_load(smollm):
 def test_committed_weights_draft_the_targets_tokens(smollm):
     """On one held-out prompt, the trained head's first draft matches the target's greedy token
     far more often than chance (an untrained head scores ~0)."""
-    from refserver.train.evaluate import acceptance
-    from refserver.train.generate import GenConfig, generate
+    from mtp_train.evaluate import acceptance
+    from mtp_train.generate import GenConfig, generate
 
     target, tok = smollm
     head = MTPHead.load(ASSETS / "mtp_head.safetensors", target)
@@ -256,9 +256,9 @@ def test_training_pipeline_reduces_loss_on_tiny_target(tiny):
     (held-out KL falls) and its cached drafts agree with the chained training forward."""
     from dataclasses import replace
 
-    from refserver.train.evaluate import acceptance
-    from refserver.train.generate import GenConfig, generate
-    from refserver.train.train_head import TrainConfig, evaluate_loss, pack, train
+    from mtp_train.evaluate import acceptance
+    from mtp_train.generate import GenConfig, generate
+    from mtp_train.train_head import TrainConfig, evaluate_loss, pack, train
 
     target, _ = tiny
     head = MTPHead.from_target(target, seed=SEED).placed_like(target, torch.float32)

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from mtp_train.generate import Sample
 from refserver.model import Transformer
 from refserver.mtp_head import MTPHead
-from refserver.train.generate import Sample
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 # One device call: refserver on a bare GPU machine (see README "refserver on the GPU").
 # Needs: the SmolLM2 GGUF at $GGUF, and the wheels the GPU image lacks (gguf, fastapi, uvicorn,
 # openai and their dependencies) in the folders of $WHEELS. Logs go to $OUT.
-#   GGUF=/root/smollm.gguf WHEELS=".whl/mtp .whl/http" bash refserver/gpu_session.sh
+#   GGUF=/root/smollm.gguf WHEELS=".whl/mtp .whl/http" bash tools/refserver_gpu_session.sh
 # STAGES picks what runs (default: all); SERVER_DTYPES the dtypes of the HTTP server stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -10,7 +10,7 @@ its acceptance depends on how much of the target's output those K ids cover. The
 
 with metadata `format=specgate-token-rank-v1`, `answer_tokens`, `vocab_size`.
 
-    python -m refserver.train.token_rank --data DIR --heldout-answers FILE --out PATH
+    python -m mtp_train.token_rank --data DIR --heldout-answers FILE --out PATH
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refserver.train.generate import Sample
+from mtp_train.generate import Sample
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def load_rank(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
 
 
 def main() -> None:
-    from refserver.train.data import load_samples
+    from mtp_train.data import load_samples
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="token-id shards (data.py)")

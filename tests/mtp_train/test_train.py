@@ -1,4 +1,4 @@
-"""MTP training pipeline pieces (refserver/train): token-id data shards, hidden-state
+"""MTP training pipeline pieces (mtp_train): token-id data shards, hidden-state
 recomputation, the token-rank asset, truncated evaluation samples and the prompt families'
 held-out exclusion. A tiny random target (seeded) keeps everything well under a second each;
 the committed token-rank asset is checked as a file.
@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from refserver.model import ModelConfig, Transformer
-from refserver.train import prompts as P
-from refserver.train.data import load_samples, save_samples
-from refserver.train.generate import GenConfig, Sample, generate, recompute_hidden
-from refserver.train.token_rank import (
+from mtp_train import prompts as P
+from mtp_train.data import load_samples, save_samples
+from mtp_train.generate import GenConfig, Sample, generate, recompute_hidden
+from mtp_train.token_rank import (
     FORMAT,
     answer_counts,
     coverage,
@@ -25,6 +24,8 @@ from refserver.train.token_rank import (
     rank_from_counts,
     save_rank,
 )
+from refserver.heldout import heldout_user_texts
+from refserver.model import ModelConfig, Transformer
 
 SEED = 4321
 ASSETS = Path(__file__).resolve().parents[2] / "refserver" / "assets"
@@ -182,7 +183,7 @@ def test_prompt_families_share_no_8_words_with_heldout(family):
     }[family]
     prompts = list(make())
     assert len(prompts) >= 200
-    kept, dropped = P.exclude_heldout([(family, p) for p in prompts], P.load_heldout())
+    kept, dropped = P.exclude_heldout([(family, p) for p in prompts], heldout_user_texts())
     assert dropped == 0 and len(kept) == len(prompts)
     if family == "open":
         touching = [p for p in prompts if P.touches_heldout_topic(p)]
@@ -212,3 +213,31 @@ def test_derived_prompts_use_lists_code_and_paragraphs():
     assert para.strip()[:40] in texts[1]
     assert texts[2].startswith("Translate this JavaScript code into Python:")
     assert [d["kind"] for d in derived] == ["derived-text", "derived-text", "derived-code"]
+
+
+def test_training_prompts_are_reproducible_from_committed_data():
+    """The prompts come from mtp_train/data alone (no stdlib files of the running Python): the
+    build gives, byte for byte, the file the committed head was trained on (MTP_CARD.md)."""
+    import hashlib
+    import json
+
+    text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in P.build_prompts(seed=0))
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    assert digest == "c1f6e398ac2330c5782ef1434b679d7c3d1de74815a83839212c0f1af71aaf12", digest
+
+
+def test_snippet_extraction_roundtrip(tmp_path):
+    """`--snippets-from` rebuilds the data file from a stdlib folder: a tiny one here."""
+    pkg = tmp_path / "lib"
+    pkg.mkdir()
+    doc = "A paragraph about nothing in particular, " * 6
+    (pkg / "mod.py").write_text(
+        f'"""{doc}"""\n\n\ndef f(a, b):\n    c = a + b\n    d = c * 2\n    return d\n'
+    )
+    (pkg / "test").mkdir()
+    (pkg / "test" / "skipped.py").write_text("def g(x):\n    y = x\n    z = y\n    return z\n")
+    snippets = P.extract_snippets(pkg)
+    assert snippets.functions == ["def f(a, b):\n    c = a + b\n    d = c * 2\n    return d"]
+    assert snippets.docstrings == [" ".join(doc.split())]
+    P.save_snippets(snippets, tmp_path / "s.json.gz")
+    assert P.stdlib_snippets(tmp_path / "s.json.gz") == snippets

@@ -2,7 +2,7 @@
 
 This is what ran on the GPU machine (see refserver/MTP_CARD.md for the exact commands):
 
-    python -m refserver.train.pipeline --gguf /root/smollm.gguf \
+    python -m mtp_train.pipeline --gguf /root/smollm.gguf \
         --prompts .carry/mtp/train_prompts.jsonl --out $OUT [--init-head H] [--save-data D]
 
 Writes to --out: mtp_head.safetensors, metrics.json, train_log.txt, target_token_rank.safetensors
@@ -24,16 +24,17 @@ from pathlib import Path
 
 import torch
 
+from mtp_train.data import load_samples, save_samples
+from mtp_train.evaluate import acceptance, acceptance_by_group
+from mtp_train.generate import GenConfig, Sample, generate, recompute_hidden
+from mtp_train.prompts import derived_prompts
+from mtp_train.token_rank import answer_counts, coverage, save_rank
+from mtp_train.train_head import TrainConfig, evaluate_loss, pack, train
+from refserver.heldout import HELDOUT_PATH
 from refserver.model import load_model
 from refserver.mtp_head import MTPHead
-from refserver.train.data import load_samples, save_samples
-from refserver.train.evaluate import acceptance, acceptance_by_group
-from refserver.train.generate import GenConfig, Sample, generate, recompute_hidden
-from refserver.train.prompts import HELDOUT_PATH, derived_prompts
-from refserver.train.token_rank import answer_counts, coverage, save_rank
-from refserver.train.train_head import TrainConfig, evaluate_loss, pack, train
 
-log = logging.getLogger("refserver.train.pipeline")
+log = logging.getLogger("mtp_train.pipeline")
 
 
 def _read_jsonl(path: Path) -> list[dict]:

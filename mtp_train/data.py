@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refserver.train.generate import Sample
+from mtp_train.generate import Sample
 
 log = logging.getLogger(__name__)
 

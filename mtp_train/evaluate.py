@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mtp_train.generate import Sample
 from refserver.mtp_head import MTPHead
-from refserver.train.generate import Sample
 
 
 @dataclass
