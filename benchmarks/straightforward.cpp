@@ -11,8 +11,8 @@ cudaError_t straightforward_launch(const int64_t* tok, const int64_t* plen, cons
                                    int64_t threshold, bool pad_to_max, cudaStream_t stream);
 
 void launch(const torch::Tensor& tok, const torch::Tensor& plen, const torch::Tensor& pre,
-            const torch::Tensor& step, torch::Tensor& draft, torch::Tensor& lens,
-            const torch::Tensor& dec, const torch::Tensor& max_dec_len, torch::Tensor& match,
+            const torch::Tensor& step, torch::Tensor draft, torch::Tensor lens,
+            const torch::Tensor& dec, const torch::Tensor& max_dec_len, torch::Tensor match,
             int64_t max_n, int64_t min_n, int64_t max_draft, int64_t threshold, bool pad_to_max,
             int64_t stream) {
   const cudaError_t err = straightforward_launch(
