@@ -28,6 +28,7 @@ bandwidth (measured in the same run, read + write) are for the impl column.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import statistics
 import time
@@ -422,19 +423,24 @@ def run(impl_spec: str, base_spec: str | None, device: str, quick: bool,
         f"card: {card}; copy bandwidth (read+write) measured in this run: {copy_bw:.0f} GB/s\n"
         f"impl: {impl.name}; baseline: {base.name if base else 'none'}\n\n{HEADER}"
     )
-    print(head, flush=True)
-    lines, rows = [head], []
-    gen = torch.Generator().manual_seed(20261127)
-    for pt in points if points is not None else sweep(quick, device):
-        row = measure(pt, impl, base, device, gen)
-        rows.append(row)
-        lines.append(fmt_row(row, copy_bw))
-        print(lines[-1], flush=True)
-    tail = summary(rows)
-    print("\n" + tail, flush=True)
-    if out:
-        with open(out, "w") as f:
-            f.write("\n".join(lines) + "\n\n" + tail + "\n")
+    # Written row by row, so that a run cut off by a time limit keeps the rows it measured.
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(out, "w")) if out else None
+
+        def emit(text: str) -> None:
+            print(text, flush=True)
+            if sink:
+                sink.write(text + "\n")
+                sink.flush()
+
+        emit(head)
+        rows = []
+        gen = torch.Generator().manual_seed(20261127)
+        for pt in points if points is not None else sweep(quick, device):
+            row = measure(pt, impl, base, device, gen)
+            rows.append(row)
+            emit(fmt_row(row, copy_bw))
+        emit("\n" + summary(rows))
     return rows
 
 
