@@ -52,8 +52,8 @@ def hybrid_mtp_ngram(token_ids_all, prompt_lens, pre_ids, step_idx, draft_token_
         raise ValueError(f"token_ids_all: the straightforward design runs on CUDA, got "
                          f"{token_ids_all.device}")  # fmt: skip
     if batch > MAX_BATCH:
-        raise ValueError(f"token_ids_all: the straightforward design takes B <= {MAX_BATCH} "
-                         f"(one block of {MAX_BATCH} threads applies the threshold), got {batch}")  # fmt: skip
+        # one block of MAX_BATCH threads applies the threshold
+        raise ValueError(f"token_ids_all: B={batch}, the design takes B <= {MAX_BATCH}")
     if batch == 0:
         return
     tensors = (token_ids_all, prompt_lens, pre_ids, step_idx, draft_tokens, seq_lens_this_time,
