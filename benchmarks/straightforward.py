@@ -48,12 +48,12 @@ def hybrid_mtp_ngram(token_ids_all, prompt_lens, pre_ids, step_idx, draft_token_
                      pad_to_max=False) -> None:  # fmt: skip
     """The oracle's signature, in place; CUDA tensors, B <= 1024."""
     batch = token_ids_all.shape[0]
-    if not token_ids_all.is_cuda:
-        raise ValueError(f"token_ids_all: the straightforward design runs on CUDA, got "
-                         f"{token_ids_all.device}")  # fmt: skip
     if batch > MAX_BATCH:
         # one block of MAX_BATCH threads applies the threshold
         raise ValueError(f"token_ids_all: B={batch}, the design takes B <= {MAX_BATCH}")
+    if not token_ids_all.is_cuda:
+        raise ValueError(f"token_ids_all: the straightforward design runs on CUDA, got "
+                         f"{token_ids_all.device}")  # fmt: skip
     if batch == 0:
         return
     tensors = (token_ids_all, prompt_lens, pre_ids, step_idx, draft_tokens, seq_lens_this_time,
