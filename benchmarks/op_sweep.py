@@ -456,6 +456,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the markdown table here")
     args = parser.parse_args()
     base = args.baseline or (STRAIGHTFORWARD if args.device == "cuda" else impls.ORACLE)
+    for flag, spec in (("--impl", args.impl), ("--baseline", base)):
+        if spec != "none":
+            try:
+                impls.load(spec)
+            except ValueError as exc:  # impls.load names the spec and what is wrong with it
+                parser.error(f"{flag}: {exc}")
     run(args.impl, None if base == "none" else base, args.device, args.quick, args.out)
 
 
