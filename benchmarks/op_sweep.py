@@ -461,7 +461,7 @@ def main() -> None:
             try:
                 impls.load(spec)
             except ValueError as exc:  # impls.load names the spec and what is wrong with it
-                parser.error(f"{flag}: {exc}")
+                parser.error(f"{flag} {str(exc).removeprefix('--impl ')}")
     run(args.impl, None if base == "none" else base, args.device, args.quick, args.out)
 
 
