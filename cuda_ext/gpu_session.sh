@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One device call: build the op, run the CUDA tests, the kernel suite on CUDA, the sanitizers
-# and the benchmark sweep. Logs go to $OUT (at most 8 files come back).
-#   STAGES="build tests suite sanitize bench" bash cuda_ext/gpu_session.sh
+# One device call: build the op (and the straightforward design, the sweep's peer), run the CUDA
+# tests (graph capture included), the kernel suite on CUDA, the sanitizers, the benchmark sweep
+# and the ncu bytes-read table. Logs go to $OUT (at most 8 files come back).
+#   STAGES="build tests suite sanitize bench bytes" bash cuda_ext/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1 SPECGATE_BUILD_DIR=/tmp/specgate-build
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-STAGES=${STAGES:-"build tests suite sanitize bench"}
+STAGES=${STAGES:-"build tests suite sanitize bench bytes"}
 log() { echo "=== $(date -u +%T) $*" | tee -a "$OUT/summary.txt"; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
@@ -14,7 +15,11 @@ log "host: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=cs
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/summary.txt"
 stage_build() {
   log "build"
+  # the peer builds in parallel (it is only needed by the sweep)
+  python3 -c "from benchmarks import straightforward as s; s._build()" > "$OUT/build_peer.log" 2>&1 &
+  local peer=$!
   time python3 -m cuda_ext.build --verbose > "$OUT/build.log" 2>&1; tail -3 "$OUT/build.log" | tee -a "$OUT/summary.txt"
+  wait $peer; echo "straightforward build rc=$?" | tee -a "$OUT/summary.txt"; tail -2 "$OUT/build_peer.log" >> "$OUT/summary.txt"
   cuobjdump -res-usage /tmp/specgate-build/*cuda*/specgate_ops_cuda.so 2>/dev/null | grep -A1 hybrid | tee -a "$OUT/summary.txt"
 }
 stage_tests() {
@@ -39,7 +44,12 @@ stage_sanitize() {
 stage_bench() {
   log "benchmark sweep"
   timeout ${BENCH_TIMEOUT:-300} python3 -m benchmarks.op_sweep ${BENCH_ARGS:-} --out "$OUT/bench.md" > "$OUT/bench.log" 2>&1
-  echo "rc=$?" >> "$OUT/bench.log"; tail -5 "$OUT/bench.log" | tee -a "$OUT/summary.txt"
+  echo "rc=$?" >> "$OUT/bench.log"; grep -E "^card|baseline/impl|behind:|not timed|rc=|Error" "$OUT/bench.log" | head -40 | tee -a "$OUT/summary.txt"
+}
+stage_bytes() {
+  log "ncu dram bytes read (op and straightforward design; early, late, none per batch size)"
+  timeout ${BYTES_TIMEOUT:-200} python3 -m benchmarks.op_bytes --out "$OUT/bytes.md" > "$OUT/bytes.log" 2>&1
+  echo "rc=$?" >> "$OUT/bytes.log"; cat "$OUT/bytes.log" | tee -a "$OUT/summary.txt"
 }
 for stage in $STAGES; do "stage_$stage"; done
 log "done"
