@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from e2e_helpers import dump_yaml
 
 from e2e.scenario import ScenarioError, load_scenario, resolve_scenarios, substitute
 
@@ -34,7 +35,7 @@ VALID = {
 
 def write(tmp_path: Path, data: object, name: str = "demo.yaml") -> Path:
     path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    path.write_text(data if isinstance(data, str) else dump_yaml(data))
     return path
 
 
