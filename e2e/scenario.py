@@ -504,8 +504,8 @@ def _read_requests(top: _Reader, path: Path, adapter: str) -> list[RequestSpec]:
     seen: set[str] = set()
     for i, raw in enumerate(raw_requests):
         reader = top.child(f"requests[{i}]", raw)
-        base = {**copy.deepcopy(defaults.mapping()), **copy.deepcopy(reader.mapping())}
-        merged = _Reader(path, base, reader.where)
+        # The harness's own keys (id, repeat, endpoint) may come from request_defaults too.
+        merged = _Reader(path, {**defaults.mapping(), **reader.mapping()}, reader.where)
         base_id = merged.get("id", str, expected="a unique request id")
         repeat = merged.positive_int("repeat", 1)
         endpoint = merged.get("endpoint", str, "chat")
@@ -513,6 +513,8 @@ def _read_requests(top: _Reader, path: Path, adapter: str) -> list[RequestSpec]:
             raise merged.error("endpoint", f"one of {list(ENDPOINTS)}", endpoint)
         for layer in (defaults, reader):
             _check_fields(layer, endpoint, adapter)
+        for overlay in itertools.chain(*matrix):
+            _check_fields(overlay, endpoint, adapter, overlay=True)
         base = _merge_layer(copy.deepcopy(defaults.mapping()), copy.deepcopy(reader.mapping()))
         if "messages_from" in base:
             if "messages" in base:
@@ -526,7 +528,6 @@ def _read_requests(top: _Reader, path: Path, adapter: str) -> list[RequestSpec]:
             body = {k: copy.deepcopy(v) for k, v in base.items() if k not in _REQUEST_META_KEYS}
             suffix: list[str] = []
             for overlay in overlays:
-                _check_fields(overlay, endpoint, adapter, overlay=True)
                 label = overlay.mapping().get("name")
                 layer = {k: copy.deepcopy(v) for k, v in overlay.mapping().items() if k != "name"}
                 body = _merge_layer(body, layer)
