@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from cuda_ext.checks import DTYPES, check_structure, check_values
+from cuda_ext.checks import DTYPES, check_no_overlap, check_structure, check_values
 
 __all__ = ["check_values", "hybrid_mtp_ngram", "is_available"]
 
@@ -107,6 +107,7 @@ def hybrid_mtp_ngram(
         "max_draft_tokens": max_draft_tokens, "threshold": threshold, "pad_to_max": pad_to_max,
     }  # fmt: skip
     check_structure(tensors, scalars)
+    check_no_overlap(tensors)  # pointers and strides only: no sync on CUDA
     _require(token_ids_all.device)
     if token_ids_all.device.type == "cpu":  # on CUDA this would sync: see check_values
         check_values(token_ids_all, prompt_lens, pre_ids, step_idx, seq_lens_this_time,

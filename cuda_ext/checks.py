@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 
 from refimpl import validate
-from refimpl.validate import HybridArgumentError
+from refimpl.validate import HybridArgumentError, check_no_overlap
+
+__all__ = ["DTYPES", "check_no_overlap", "check_structure", "check_values"]
 
 DTYPES: dict[str, torch.dtype] = {name: dtype for name, (dtype, _) in validate.TENSOR_ARGS.items()}
 MAX_WIDTH = 2**31 - 1  # the kernels index columns with int32

@@ -4,6 +4,8 @@ A baseline belongs to one scenario on one kind of machine (SPEC §3), so it reco
 it was measured, and the scenario hash it was measured for. A baseline whose hash no longer matches
 its scenario is stale and fails the gate with the command that refreshes it. Writes are atomic
 (temporary file in the same folder, fsync, rename), so an interrupted update leaves the old file.
+Loading (with the one loader of e2e.yaml_loader) checks the type of every value the comparison
+reads, so a hand-edited or corrupt file fails before any request is sent, naming the key.
 """
 
 from __future__ import annotations
@@ -21,11 +23,18 @@ from typing import Any
 
 import yaml
 
+from e2e.yaml_loader import YAMLFileError, load_yaml
+
 FORMAT_VERSION = 1
 
 
 class BaselineError(ValueError):
     """A baseline file that is missing, malformed or stale; the message says what to do."""
+
+
+class BaselineFormatError(BaselineError):
+    """A baseline file that exists but cannot be used as one (not YAML, a value of the wrong type):
+    a usage error of the gate, reported before any request is sent."""
 
 
 @dataclass
@@ -54,7 +63,11 @@ class Baseline:
 
 
 class _Dumper(yaml.SafeDumper):
-    """safe_dump, with lists of numbers on one line so diffs of baselines stay readable."""
+    """safe_dump, with lists of numbers on one line so diffs of baselines stay readable, and
+    never an alias (the loader refuses them), even where two values are the same object."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
@@ -67,32 +80,58 @@ _Dumper.add_representer(list, _represent_list)
 
 def load_baseline(path: Path) -> Baseline:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path)
     except FileNotFoundError as exc:
         raise BaselineError(
             f"{path}: no baseline yet; create it with `specgate baseline update <scenario>`"
         ) from exc
-    except (OSError, yaml.YAMLError) as exc:
-        raise BaselineError(f"{path}: cannot read the baseline: {exc}") from exc
+    except OSError as exc:
+        raise BaselineFormatError(f"{path}: cannot read the baseline: {exc}") from exc
+    except YAMLFileError as exc:
+        raise BaselineFormatError(str(exc)) from None
+    _check_format(path, data)
+    return Baseline(data["scenario"], data["scenario_hash"], data["provenance"], data["requests"])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_format(path: Path, data: Any) -> None:
+    """The types the gate relies on; every error names the file, the key and what was expected."""
+
+    def error(key: str, expected: str, value: Any) -> BaselineFormatError:
+        return BaselineFormatError(f"{path}: key {key!r}: expected {expected}, got {value!r}")
+
     if not isinstance(data, dict) or data.get("specgate_baseline") != FORMAT_VERSION:
-        raise BaselineError(
-            f"{path}: key 'specgate_baseline': expected {FORMAT_VERSION} "
-            "(a file written by `specgate baseline update`)"
+        value = data.get("specgate_baseline") if isinstance(data, dict) else data
+        raise error(
+            "specgate_baseline",
+            f"{FORMAT_VERSION} (a file written by `specgate baseline update`)",
+            value,
         )
-    for key, kind in (
-        ("scenario", str),
-        ("scenario_hash", str),
-        ("provenance", dict),
-        ("requests", dict),
+    for key, kind, expected in (
+        ("scenario", str, "a string"),
+        ("scenario_hash", str, "a string"),
+        ("provenance", dict, "a mapping"),
+        ("requests", dict, "a mapping of request id to {fields, text}"),
     ):
         if not isinstance(data.get(key), kind):
-            raise BaselineError(
-                f"{path}: key {key!r}: expected {kind.__name__}, got {data.get(key)!r}"
-            )
+            raise error(key, expected, data.get(key))
     for rid, entry in data["requests"].items():
+        where = f"requests.{rid}"
+        if not isinstance(rid, str):
+            raise error(where, "a request id (a string)", rid)
         if not isinstance(entry, dict) or not isinstance(entry.get("fields"), dict):
-            raise BaselineError(f"{path}: key 'requests.{rid}.fields': expected a mapping")
-    return Baseline(data["scenario"], data["scenario_hash"], data["provenance"], data["requests"])
+            got = entry.get("fields") if isinstance(entry, dict) else entry
+            raise error(f"{where}.fields", "a mapping of field name to value", got)
+        if "text" in entry and not isinstance(entry["text"], str):
+            raise error(f"{where}.text", "a string", entry["text"])
+        for name, value in entry["fields"].items():
+            if not (
+                _is_number(value) or (isinstance(value, list) and all(_is_number(v) for v in value))
+            ):
+                raise error(f"{where}.fields.{name}", "a number or a list of numbers", value)
 
 
 def check_fresh(baseline: Baseline, scenario_hash: str, path: Path, scenario_path: Path) -> None:

@@ -3,7 +3,8 @@
 Rules: a field with a tolerance passes when every value is within max(abs, rel*|baseline|) of the
 baseline; lists are compared element by element and a length mismatch always fails; a field
 without a tolerance must be equal (integer counts are exact unless the scenario gives a
-tolerance). A field present on one side only fails.
+tolerance). A field present on one side only fails, and so does a value that is not a number
+(baselines are type-checked at load, but a server can send anything).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class Row:
         return "FAIL" + (f": {self.detail}" if self.detail else "")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _within(tol: Tolerance | None, baseline: float, measured: float) -> bool:
     if tol is None:
         return measured == baseline
@@ -59,6 +64,11 @@ def compare_field(
             return Row(
                 request_id, name, baseline, measured, tol_text, False, "list on one side only"
             )
+        odd = [v for v in (*baseline, *measured) if not _is_number(v)]
+        if odd:
+            return Row(
+                request_id, name, baseline, measured, tol_text, False, f"not a number: {odd[0]!r}"
+            )
         if len(baseline) != len(measured):
             return Row(
                 request_id,
@@ -76,6 +86,11 @@ def compare_field(
         ]
         detail = ", ".join(f"[{i}] {_fmt(measured[i])} vs {_fmt(baseline[i])}" for i in bad)
         return Row(request_id, name, baseline, measured, tol_text, not bad, detail)
+    odd = [v for v in (baseline, measured) if not _is_number(v)]
+    if odd:
+        return Row(
+            request_id, name, baseline, measured, tol_text, False, f"not a number: {odd[0]!r}"
+        )
     ok = _within(tol, baseline, measured)
     detail = "" if ok else f"diff {_fmt(measured - baseline)}"
     return Row(request_id, name, baseline, measured, tol_text, ok, detail)

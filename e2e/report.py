@@ -45,11 +45,13 @@ def _row_cells(row: Row) -> list[str]:
 
 
 def _summary_line(result: ScenarioResult) -> str:
+    """Status, then what failed: rows (a failed request counts as one row) and invariants."""
     failing = sum(1 for r in result.rows if not r.ok)
-    rows = f", {failing}/{len(result.rows)} rows failing" if result.rows else ""
-    return (
-        f"[{result.status.upper()}] {result.name} ({result.kind}, {result.duration_s:.1f} s{rows})"
-    )
+    counts = f", {failing}/{len(result.rows)} rows failing" if result.rows else ""
+    broken = sum(len(o.invariant_failures) for o in result.outcomes)
+    if broken:
+        counts += f", {broken} invariant failure{'s' if broken > 1 else ''}"
+    return f"[{result.status.upper()}] {result.name} ({result.kind}, {result.duration_s:.1f} s{counts})"
 
 
 def _provenance_line(result: ScenarioResult) -> str | None:

@@ -17,7 +17,13 @@ from typing import Any
 
 from e2e import adapters
 from e2e.adapters import AdapterError, Measurement
-from e2e.baseline import Baseline, BaselineError, check_fresh, load_baseline
+from e2e.baseline import (
+    Baseline,
+    BaselineError,
+    BaselineFormatError,
+    check_fresh,
+    load_baseline,
+)
 from e2e.client import Completion, RequestError, send
 from e2e.compare import MISSING, Row, compare_request
 from e2e.invariants import Context, check_invariants
@@ -193,8 +199,11 @@ def compare_with_baseline(
                 )
             )
             continue
-        if outcome.error:
-            continue  # reported as an error message; a row per field would only repeat it
+        if outcome.error:  # one failing row (the message says why), so the header counts it
+            rows.append(
+                Row(outcome.request_id, "*", "in baseline", MISSING, "-", False, "request failed")
+            )
+            continue
         rows.extend(
             compare_request(
                 outcome.request_id, entry["fields"], outcome.fields, scenario.tolerances
@@ -204,6 +213,21 @@ def compare_with_baseline(
         if rid not in measured_ids and not only_measured:
             rows.append(Row(rid, "*", "in baseline", MISSING, "-", False, "request not measured"))
     return rows
+
+
+def check_baselines(scenarios: list[Scenario]) -> None:
+    """Load every existing baseline of `scenarios`, so that a malformed one stops the gate before
+    any request is sent (BaselineFormatError). A missing or stale baseline is not malformed: it
+    becomes a failed result of its scenario in run_scenario, with the command that fixes it."""
+    for scenario in scenarios:
+        if scenario.baseline is None:
+            continue
+        try:
+            load_baseline(scenario.baseline)
+        except BaselineFormatError:
+            raise
+        except BaselineError:
+            pass
 
 
 def _server_context(pool: ServerPool, scenario: Scenario, role: str) -> str:

@@ -1,10 +1,13 @@
 """Scenario files: what to launch, what to send, which invariants and tolerances apply.
 
 A scenario is YAML written by people (schema in README, "Scenario files"). Loading validates every
-key and fails with an error that names the file, the key and what was expected, so a typo never
-turns into a silently different test. The scenario hash covers everything that changes what is
-measured (server command and env, adapter, requests, concurrency) and nothing that only changes
-how it is judged (tolerances, invariants, description), so editing a tolerance keeps the baseline.
+key, request body keys included (e2e.request_fields), and the prompt files it reads, and fails
+with an error that names the file, the key and what was expected, so a typo never turns into a
+silently different test. Files are read with the one loader of e2e.yaml_loader.
+
+The scenario hash covers everything that changes what is measured (server command and env,
+adapter, requests, concurrency) and nothing that only changes how it is judged (tolerances,
+invariants, description), so editing a tolerance keeps the baseline.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from e2e import request_fields
+from e2e.yaml_loader import YAMLFileError, load_yaml
 
 KINDS = ("metrics", "lossless")
 ADAPTERS = ("fastdeploy", "vllm", "sglang")
 ENDPOINTS = ("chat", "completion", "generate")
-# Request keys the harness interprets itself; every other key is sent in the JSON body as is.
+# Request keys the harness interprets itself; the others make the JSON body (e2e.request_fields).
 _REQUEST_META_KEYS = {"id", "endpoint", "messages_from", "repeat"}
 _PLACEHOLDER = re.compile(
     r"\{(port(?::[A-Za-z_][A-Za-z0-9_]*)?|python|env:[A-Za-z_][A-Za-z0-9_]*)\}"
@@ -225,7 +229,9 @@ class _Reader:
         for key in self.mapping():
             if key not in allowed:
                 raise self.error(
-                    str(key), f"one of the known keys {sorted(allowed)}", show_got=False
+                    str(key),
+                    f"one of the known keys {sorted(allowed)}{_did_you_mean(str(key), allowed)}",
+                    show_got=False,
                 )
 
     def child(self, key: str, value: Any) -> _Reader:
@@ -262,6 +268,11 @@ class _Reader:
         return value
 
 
+def _did_you_mean(key: str, allowed: Iterable[str]) -> str:
+    match = request_fields.closest(key, allowed)
+    return f" (did you mean {match!r}?)" if match else ""
+
+
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
@@ -282,13 +293,11 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     """Read and validate one scenario file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = load_yaml(path)
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read the scenario file: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML: {exc}") from exc
+    except YAMLFileError as exc:
+        raise ScenarioError(str(exc)) from None
     top = _Reader(path, data)
     top.check_keys(
         [
@@ -340,7 +349,7 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
             for role in ("reference", "candidate")
         }
 
-    requests = _read_requests(top, path)
+    requests = _read_requests(top, path, adapter)
     concurrency = top.positive_int("concurrency", 1)
     if adapter == "vllm" and concurrency != 1:
         raise top.error(
@@ -485,8 +494,8 @@ def _read_server(reader: _Reader) -> ServerSpec:
     )
 
 
-def _read_requests(top: _Reader, path: Path) -> list[RequestSpec]:
-    defaults = top.get("request_defaults", dict, {})
+def _read_requests(top: _Reader, path: Path, adapter: str) -> list[RequestSpec]:
+    defaults = top.child("request_defaults", top.get("request_defaults", dict, {}))
     matrix = _read_matrix(top)
     raw_requests = top.get("requests", list)
     if not raw_requests:
@@ -495,13 +504,18 @@ def _read_requests(top: _Reader, path: Path) -> list[RequestSpec]:
     seen: set[str] = set()
     for i, raw in enumerate(raw_requests):
         reader = top.child(f"requests[{i}]", raw)
-        base = {**copy.deepcopy(defaults), **copy.deepcopy(reader.mapping())}
-        merged = _Reader(path, base, reader.where)
+        # The harness's own keys (id, repeat, endpoint) may come from request_defaults too.
+        merged = _Reader(path, {**defaults.mapping(), **reader.mapping()}, reader.where)
         base_id = merged.get("id", str, expected="a unique request id")
         repeat = merged.positive_int("repeat", 1)
         endpoint = merged.get("endpoint", str, "chat")
         if endpoint not in ENDPOINTS:
             raise merged.error("endpoint", f"one of {list(ENDPOINTS)}", endpoint)
+        for layer in (defaults, reader):
+            _check_fields(layer, endpoint, adapter)
+        for overlay in itertools.chain(*matrix):
+            _check_fields(overlay, endpoint, adapter, overlay=True)
+        base = _merge_layer(copy.deepcopy(defaults.mapping()), copy.deepcopy(reader.mapping()))
         if "messages_from" in base:
             if "messages" in base:
                 raise merged.error(
@@ -514,10 +528,12 @@ def _read_requests(top: _Reader, path: Path) -> list[RequestSpec]:
             body = {k: copy.deepcopy(v) for k, v in base.items() if k not in _REQUEST_META_KEYS}
             suffix: list[str] = []
             for overlay in overlays:
-                label = overlay.get("name")
-                body.update({k: copy.deepcopy(v) for k, v in overlay.items() if k != "name"})
+                label = overlay.mapping().get("name")
+                layer = {k: copy.deepcopy(v) for k, v in overlay.mapping().items() if k != "name"}
+                body = _merge_layer(body, layer)
                 if label:
                     suffix.append(str(label))
+            body = _flatten_extra_body(merged, body)
             _check_body(merged, endpoint, body)
             request_id = base_id + ("/" + "+".join(suffix) if suffix else "")
             for r in range(repeat):
@@ -529,17 +545,62 @@ def _read_requests(top: _Reader, path: Path) -> list[RequestSpec]:
     return requests
 
 
-def _read_matrix(top: _Reader) -> list[list[dict[str, Any]]]:
+def _check_fields(layer: _Reader, endpoint: str, adapter: str, overlay: bool = False) -> None:
+    """Every body key of one layer (request_defaults, a request, a matrix overlay) is a field of
+    the endpoint (e2e.request_fields) or sits under `extra_body:`, a mapping."""
+    allowed = request_fields.allowed_fields(endpoint, adapter)
+    harness_keys = {"name"} if overlay else _REQUEST_META_KEYS
+    for key, value in layer.mapping().items():
+        if key in harness_keys:
+            continue
+        if key == request_fields.EXTRA_BODY:
+            extra = layer.child(key, value).mapping()
+            for name in extra:
+                if not isinstance(name, str):
+                    raise layer.child(key, value).error(str(name), "a string key", name)
+            continue
+        if key not in allowed:
+            raise layer.error(
+                str(key),
+                f"{request_fields.describe(endpoint, adapter)}"
+                f"{_did_you_mean(str(key), allowed)}; send other fields of your engine "
+                f"under '{request_fields.EXTRA_BODY}:'",
+                show_got=False,
+            )
+
+
+def _merge_layer(body: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`layer` over `body`: its keys replace those of `body`, except `extra_body`, merged by key."""
+    extra = {**body.get(request_fields.EXTRA_BODY, {}), **layer.get(request_fields.EXTRA_BODY, {})}
+    out = {**body, **layer}
+    if extra:
+        out[request_fields.EXTRA_BODY] = extra
+    return out
+
+
+def _flatten_extra_body(reader: _Reader, body: dict[str, Any]) -> dict[str, Any]:
+    """The body as sent: the `extra_body` keys join the top level (never replacing one)."""
+    extra = body.pop(request_fields.EXTRA_BODY, {})
+    for name in extra:
+        if name in body:
+            raise reader.child(request_fields.EXTRA_BODY, extra).error(
+                name, "a key that is not also set at the top level of the request", extra[name]
+            )
+    return {**body, **extra}
+
+
+def _read_matrix(top: _Reader) -> list[list[_Reader]]:
     """`matrix`: a list of axes, each a list of overlays (mappings merged into every request body).
 
     Every request is expanded over the cartesian product of the axes. An overlay's optional
     'name' is appended to the request id, e.g. 'lighthouse/stream+logprobs'.
     """
     axes = top.get("matrix", list, [])
-    out: list[list[dict[str, Any]]] = []
+    out: list[list[_Reader]] = []
     for a, axis in enumerate(axes):
         if not isinstance(axis, list) or not axis:
             raise top.error(f"matrix[{a}]", "a non-empty list of overlays (mappings)", axis)
+        overlays = []
         for o, overlay in enumerate(axis):
             if not isinstance(overlay, dict):
                 raise top.error(f"matrix[{a}][{o}]", "a mapping of request keys", overlay)
@@ -550,12 +611,17 @@ def _read_matrix(top: _Reader) -> list[list[dict[str, Any]]]:
                     "body keys only (not id/endpoint/messages_from/repeat)",
                     sorted(bad),
                 )
-        out.append(axis)
+            overlays.append(top.child(f"matrix[{a}][{o}]", overlay))
+        out.append(overlays)
     return out
 
 
 def _messages_from(reader: _Reader, path: Path, ref: Any) -> list[dict[str, Any]]:
-    """'FILE.jsonl#ID': the messages of the line with that id (FILE relative to the scenario)."""
+    """'FILE.jsonl#ID': the messages of the line with that id (FILE relative to the scenario).
+
+    The whole prompt file is checked: one JSON object per line, each with a string 'id' and a
+    'messages' list of {role, content} objects. Errors name the prompt file, the line and the key.
+    """
     if not isinstance(ref, str) or "#" not in ref:
         raise reader.error(
             "messages_from", "'FILE.jsonl#ID' (FILE relative to the scenario file)", ref
@@ -563,25 +629,66 @@ def _messages_from(reader: _Reader, path: Path, ref: Any) -> list[dict[str, Any]
     file_part, prompt_id = ref.rsplit("#", 1)
     jsonl = (path.parent / file_part).resolve()
     try:
-        lines = jsonl.read_text(encoding="utf-8").splitlines()
+        raw = jsonl.read_bytes()
     except OSError as exc:
         raise reader.error("messages_from", f"a readable JSONL file ({exc})", ref) from exc
-    for line in lines:
-        if line.strip():
+    used_by = f"(the prompt file of {path} key '{reader.where}.messages_from')"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            f"{jsonl}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+            f"expected JSON lines {used_by}"
+        ) from None
+    found = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{jsonl}: line {lineno}"
+        try:
             record = json.loads(line)
-            if record.get("id") == prompt_id:
-                return record["messages"]
-    raise reader.error("messages_from", f"an id present in {jsonl}", prompt_id)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            detail = f" ({exc.msg} at column {exc.colno})" if hasattr(exc, "colno") else ""
+            raise ScenarioError(
+                f"{where}: not JSON{detail}; expected one JSON object per line {used_by}"
+            ) from None
+        if not isinstance(record, dict):
+            raise ScenarioError(
+                f"{where}: expected a JSON object with 'id' and 'messages', got "
+                f"{_json_type(record)} {used_by}"
+            )
+        for key, ok, expected in (
+            ("id", isinstance(record.get("id"), str), "a string"),
+            ("messages", _is_message_list(record.get("messages")),
+             "a non-empty list of {role, content} objects"),
+        ):  # fmt: skip
+            if not ok:
+                got = f"got {record[key]!r}" if key in record else "the key is required"
+                raise ScenarioError(f"{where}: key {key!r}: expected {expected}, {got} {used_by}")
+        if record["id"] == prompt_id and found is None:
+            found = record["messages"]
+    if found is None:
+        raise reader.error("messages_from", f"an id present in {jsonl}", prompt_id)
+    return found
+
+
+def _is_message_list(messages: Any) -> bool:
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
+    )
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _check_body(reader: _Reader, endpoint: str, body: dict[str, Any]) -> None:
     if endpoint == "chat":
         messages = body.get("messages")
-        if (
-            not isinstance(messages, list)
-            or not messages
-            or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
-        ):
+        if not _is_message_list(messages):
             raise reader.error(
                 "messages",
                 "a non-empty list of {role, content} mappings (or messages_from)",
@@ -701,7 +808,7 @@ def resolve_scenarios(selectors: list[str], folder: Path) -> list[Path]:
 
 def _declared_name(path: Path) -> str | None:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data = load_yaml(path)
+    except (OSError, YAMLFileError):
         return None
     return data.get("name") if isinstance(data, dict) else None

@@ -40,9 +40,12 @@ def ngram_draft(
     ``generated`` is ``pre_ids[b]`` and is valid through ``step_idx`` inclusive. The ngram is its
     last n valid tokens; the generated haystack stops before ``generated[step_idx]``.
     """
-    for n in range(max_ngram_size, min_ngram_size - 1, -1):
-        if step_idx < n:
-            continue
+    # SPEC §1.3 skips every n with step_idx < n, and a window of n tokens with a token after it
+    # needs a haystack longer than n. So the loop starts at the longest n that can match: the
+    # same result, and a huge max_ngram_size (2**63 - 1) costs nothing.
+    longest_haystack = max(len(prompt), step_idx)  # the generated one is generated[:step_idx]
+    longest = min(max_ngram_size, step_idx, longest_haystack - 1)
+    for n in range(longest, min_ngram_size - 1, -1):
         ngram = generated[step_idx - n + 1 : step_idx + 1]
         for haystack in (prompt, generated[:step_idx]):
             found = find_continuation(haystack, ngram, budget)
@@ -73,13 +76,16 @@ def hybrid_mtp_ngram_lists(
     """
     batch = len(seq_lens_this_time)
     unprocessed = sum(1 for d in seq_lens_decoder if d > 0)
+    earlier = 0  # seq_lens_this_time[0] + ... + seq_lens_this_time[b-1], each final
     for b in range(batch):
+        if b > 0:
+            earlier += seq_lens_this_time[b - 1]  # row b-1 is done: its value is final
         ori = seq_lens_this_time[b]
         budget = min(max_draft_tokens - ori + 1, max_dec_len[b] - step_idx[b] - 1)
         if ori == 0 or budget <= 0:
             continue  # `unprocessed` is deliberately not decremented here
         unprocessed -= 1
-        total = sum(seq_lens_this_time[: b + 1])  # earlier rows final, row b still `ori`
+        total = earlier + ori  # = sum(seq_lens_this_time[: b + 1]): earlier rows final, row b ori
         if total + budget + unprocessed > threshold:
             budget = min(budget, threshold - total - unprocessed)
         if total + unprocessed >= threshold - 1:

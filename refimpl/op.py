@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from refimpl.core import hybrid_mtp_ngram_lists
-from refimpl.validate import check_structure, check_values
+from refimpl.validate import check_no_overlap, check_structure, check_values
 
 
 def _flat(t: torch.Tensor) -> list[int]:
@@ -53,6 +53,7 @@ def hybrid_mtp_ngram(
         "pad_to_max": pad_to_max,
     }
     shapes = check_structure(tensors, scalars)
+    check_no_overlap(tensors)
     check_values(shapes, prompt_lens.cpu(), step_idx.cpu(), seq_lens_this_time.cpu())
 
     lens = _flat(seq_lens_this_time.cpu())

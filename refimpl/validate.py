@@ -1,8 +1,9 @@
 """Argument checks of SPEC §1.5, shared by the oracle and the Python side of any implementation.
 
 Every error names the argument, what was expected and what was given; value errors also name
-the row. Structural checks (dtype, rank, batch size, device, widths, scalar ranges) come first
-and need no data; value checks read the tensors and so belong to CPU paths only.
+the row. Structural checks (dtype, rank, batch size, device, widths, scalar ranges) and the
+output-overlap check come first and need no data (only pointers, shapes and strides, so they
+never sync a GPU); value checks read the tensors and so belong to CPU paths only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ TENSOR_ARGS: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {
     "seq_lens_decoder": (torch.int32, (1,)),
     "max_dec_len": (torch.int64, (1, 2)),
 }
+
+
+OUTPUTS = ("draft_tokens", "seq_lens_this_time")
 
 
 class HybridArgumentError(ValueError):
@@ -102,6 +106,42 @@ def check_structure(tensors: dict[str, torch.Tensor], scalars: dict[str, int]) -
         generated_capacity=tensors["pre_ids"].shape[1],
         draft_width=width,
     )
+
+
+def byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """[first byte, last byte + 1) of the memory ``t`` addresses: from its data pointer, the
+    farthest element its sizes and strides reach. An empty tensor spans nothing."""
+    if t.numel() == 0:
+        return (0, 0)
+    start = t.data_ptr()
+    farthest = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    return (start, start + (farthest + 1) * t.element_size())
+
+
+def check_no_overlap(tensors: dict[str, torch.Tensor]) -> None:
+    """SPEC §1.5: neither output shares memory with any other argument (nor with the other output).
+
+    Memory, not identity: views and slices of one buffer overlap when the byte ranges they span
+    intersect, whatever their data pointers. A strided view whose elements interleave with the
+    output's counts as overlapping too (it spans the same bytes). Reads pointers, shapes and
+    strides only: no tensor data, no host sync, so it is fine under CUDA-graph capture. Call it
+    after check_structure (which guarantees one device).
+    """
+    names = list(TENSOR_ARGS)
+    for i, out in enumerate(names):
+        if out not in OUTPUTS:
+            continue
+        lo, hi = byte_span(tensors[out])
+        for j, other in enumerate(names):
+            if j == i or (other in OUTPUTS and j < i):  # the output pair is checked once
+                continue
+            other_lo, other_hi = byte_span(tensors[other])
+            if lo < other_hi and other_lo < hi:
+                raise HybridArgumentError(
+                    f"{out} and {other} share memory: the outputs (draft_tokens, "
+                    "seq_lens_this_time) are written in place and must not overlap any other "
+                    "argument"
+                )
 
 
 def check_values(

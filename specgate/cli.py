@@ -5,7 +5,8 @@
   specgate report                    re-render the last run (text, or markdown with --report FILE)
   specgate serve ARGS...             start refserver (python -m refserver ARGS...)
 
-Exit codes: 0 all passed, 1 a check failed, 2 bad usage or a malformed scenario, 130 Ctrl-C.
+Exit codes: 0 all passed, 1 a check failed, 2 bad usage or a malformed scenario, baseline or
+prompt file (found before any request is sent), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -158,17 +159,18 @@ def _release_unneeded(pool, done, later) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from e2e.report import render_markdown, render_text, save_results
-    from e2e.runner import run_scenario
+    from e2e.runner import check_baselines, run_scenario
     from e2e.server import ServerPool
 
     root = _root(args)
-    kernel_ok = True if args.skip_kernel else _kernel_step(root)
-    scenarios = _load(args.scenario, root)
+    scenarios = _load(args.scenario, root)  # every input file is checked before any work
     if not args.scenario:
         scenarios = [s for s in scenarios if DEFAULT_TAG in s.tags]
     if not scenarios:
         print(f"no scenarios to run in {root / 'scenarios'}", file=sys.stderr)
         return 2
+    check_baselines(scenarios)
+    kernel_ok = True if args.skip_kernel else _kernel_step(root)
     print(f"running {len(scenarios)} scenarios: {', '.join(s.name for s in scenarios)}", flush=True)
     results = []
     pool = ServerPool(CACHE_DIR / "logs", args.server_url)
@@ -307,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from e2e.baseline import BaselineFormatError
     from e2e.scenario import ScenarioError
 
     _install_sigterm()
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "baseline":
             return cmd_baseline_update(args)
         return handlers[args.command](args)
-    except ScenarioError as exc:
+    except (ScenarioError, BaselineFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

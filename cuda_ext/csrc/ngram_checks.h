@@ -1,14 +1,17 @@
 // Structural argument checks of SPEC §1.5, shared by the CPU and CUDA registrations.
 //
-// These read only shapes, dtypes and devices (never tensor data), so the CUDA path can run them
-// without a host synchronisation. Every message names the argument and the offending value.
+// These read only shapes, strides, dtypes, devices and data pointers (never tensor data), so the
+// CUDA path can run them without a host synchronisation, also under CUDA-graph capture. Every
+// message names the argument and the offending value.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <utility>
 
 namespace specgate {
 
@@ -33,6 +36,41 @@ inline void check_tensor(const at::Tensor& t, const char* name, at::ScalarType d
                     " disagrees with token_ids_all's ", batch);
   TORCH_CHECK_VALUE(t.device() == first.device(), name, ": on ", t.device(),
                     ", but token_ids_all is on ", first.device());
+}
+
+// [first byte, one past the last byte) of the memory t addresses: its data pointer plus the
+// farthest element its sizes and strides reach (torch strides are never negative).
+inline std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
+  if (t.numel() == 0) return {0, 0};
+  const auto start = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  int64_t farthest = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) farthest += (t.size(d) - 1) * t.stride(d);
+  return {start, start + static_cast<uintptr_t>(farthest + 1) * t.element_size()};
+}
+
+struct NamedTensor {
+  const char* name;
+  const at::Tensor* tensor;
+  bool is_output;
+};
+
+// SPEC §1.5: an output (draft_tokens, seq_lens_this_time) must not share memory with any other
+// argument. Memory, not identity: views and slices of one buffer overlap when their byte spans
+// intersect, whatever their data pointers. Same rule as refimpl.validate.check_no_overlap.
+template <size_t N>
+inline void check_no_overlap(const NamedTensor (&args)[N]) {
+  for (size_t i = 0; i < N; ++i) {
+    if (!args[i].is_output) continue;
+    const auto a = byte_span(*args[i].tensor);
+    for (size_t j = 0; j < N; ++j) {
+      if (j == i || (args[j].is_output && j < i)) continue;  // the output pair is checked once
+      const auto b = byte_span(*args[j].tensor);
+      TORCH_CHECK_VALUE(!(a.first < b.second && b.first < a.second), args[i].name, " and ",
+                        args[j].name,
+                        " share memory: the outputs (draft_tokens, seq_lens_this_time) are "
+                        "written in place and must not overlap any other argument");
+    }
+  }
 }
 
 inline Shapes check_structure(const at::Tensor& token_ids_all, const at::Tensor& prompt_lens,
@@ -77,6 +115,14 @@ inline Shapes check_structure(const at::Tensor& token_ids_all, const at::Tensor&
   TORCH_CHECK_VALUE(draft_tokens.is_contiguous(), "draft_tokens: must be contiguous (written in place)");
   TORCH_CHECK_VALUE(seq_lens_this_time.is_contiguous(),
                     "seq_lens_this_time: must be contiguous (written in place)");
+  const NamedTensor args[] = {
+      {"token_ids_all", &token_ids_all, false},  {"prompt_lens", &prompt_lens, false},
+      {"pre_ids", &pre_ids, false},              {"step_idx", &step_idx, false},
+      {"draft_token_num", &draft_token_num, false}, {"draft_tokens", &draft_tokens, true},
+      {"seq_lens_this_time", &seq_lens_this_time, true},
+      {"seq_lens_decoder", &seq_lens_decoder, false}, {"max_dec_len", &max_dec_len, false},
+  };
+  check_no_overlap(args);
   return Shapes{batch, token_ids_all.size(1), pre_ids.size(1), width};
 }
 

@@ -91,3 +91,17 @@ def wild_batch(gen: torch.Generator, batch: int, s_all: int, s_pre: int, k: int)
         threshold=int(extreme(1)),
         pad_to_max=bool(ints(0, 2, 1)),
     )
+
+
+def pre_ids_overlapping_draft_tokens(batch: Batch, overlap: int) -> Batch:
+    """``batch`` with draft_tokens and pre_ids rebuilt in one int64 buffer, pre_ids starting
+    ``overlap`` elements before the end of draft_tokens (0: adjacent, no shared byte)."""
+    rows, width = batch.draft_tokens.shape
+    s_pre = batch.pre_ids.shape[1]
+    start = rows * width - overlap
+    buf = torch.zeros(start + rows * s_pre, dtype=torch.int64, device=batch.draft_tokens.device)
+    draft, pre = buf[: rows * width].view(rows, width), buf[start:].view(rows, s_pre)
+    pre.copy_(batch.pre_ids)
+    draft.copy_(batch.draft_tokens)
+    batch.draft_tokens, batch.pre_ids = draft, pre
+    return batch

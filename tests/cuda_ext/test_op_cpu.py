@@ -13,7 +13,7 @@ import cuda_ext
 import refimpl
 from refimpl.generate import generate
 
-from .helpers import assert_same, outputs_of
+from .helpers import assert_same, outputs_of, pre_ids_overlapping_draft_tokens
 
 SEED = 20261127
 
@@ -202,3 +202,28 @@ def test_cpp_checks_also_name_the_argument_and_row(cpu_op):
     batch.step_idx[1] = 9
     with pytest.raises(ValueError, match=r"step_idx\[1\] = 9"):
         op(*opcheck_args(batch))
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="C++ exceptions thrown by the op crash the process on the GPU image's toolchain "
+    "(cuda_ext/NOTES.md); the Python entry point raises first there",
+)
+def test_cpp_checks_refuse_outputs_that_share_memory(cpu_op):
+    """The C++ check (ngram_checks.h, shared by the CPU and CUDA registrations) on its own:
+    memory overlap, not pointer equality, and nothing written when it refuses."""
+    op = torch.ops.specgate.hybrid_mtp_ngram
+    same = fd_unit_case()
+    same.seq_lens_decoder = same.seq_lens_this_time
+    with pytest.raises(ValueError, match="seq_lens_this_time and seq_lens_decoder share memory"):
+        op(*opcheck_args(same))
+    partial = pre_ids_overlapping_draft_tokens(fd_unit_case(), overlap=1)
+    before = partial.draft_tokens.clone(), partial.seq_lens_this_time.clone()
+    with pytest.raises(ValueError, match="draft_tokens and pre_ids share memory"):
+        op(*opcheck_args(partial))
+    assert torch.equal(partial.draft_tokens, before[0])
+    assert torch.equal(partial.seq_lens_this_time, before[1])
+    adjacent = pre_ids_overlapping_draft_tokens(fd_unit_case(), overlap=0)
+    op(*opcheck_args(adjacent))  # one buffer, no shared byte: accepted
+    assert_same(outputs_of(refimpl.hybrid_mtp_ngram, fd_unit_case()),
+                (adjacent.draft_tokens, adjacent.seq_lens_this_time), "adjacent")  # fmt: skip

@@ -13,7 +13,13 @@ import cuda_ext
 import refimpl
 from refimpl.generate import case_seed, generate
 
-from .helpers import assert_same, fixed_shape_batch, outputs_of, wild_batch
+from .helpers import (
+    assert_same,
+    fixed_shape_batch,
+    outputs_of,
+    pre_ids_overlapping_draft_tokens,
+    wild_batch,
+)
 
 pytestmark = pytest.mark.cuda
 SEED = 20261127
@@ -158,3 +164,24 @@ def test_value_check_is_available_for_cuda_tensors(cuda_op):
     with pytest.raises(ValueError, match=r"step_idx\[0\]"):
         cuda_ext.check_values(batch.token_ids_all, batch.prompt_lens, batch.pre_ids,
                               batch.step_idx, batch.seq_lens_this_time, batch.draft_tokens)  # fmt: skip
+
+
+def test_outputs_sharing_memory_are_refused_without_a_sync(cuda_op):
+    """SPEC §1.5 on CUDA tensors: the overlap check reads pointers and strides only, so it
+    raises (naming both) even where any synchronising call would raise instead."""
+    batch = pre_ids_overlapping_draft_tokens(generate("mixed", SEED).to("cuda"), overlap=1)
+    same = generate("mixed", SEED).to("cuda")
+    same.seq_lens_decoder = same.seq_lens_this_time
+    adjacent = pre_ids_overlapping_draft_tokens(generate("mixed", SEED).to("cuda"), overlap=0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(ValueError, match="draft_tokens and pre_ids share memory"):
+            batch.run(cuda_op)
+        with pytest.raises(ValueError, match="seq_lens_this_time and seq_lens_decoder share"):
+            same.run(cuda_op)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    adjacent.run(cuda_op)  # one buffer, no shared byte: accepted, same as the oracle
+    assert_same(outputs_of(refimpl.hybrid_mtp_ngram, generate("mixed", SEED)),
+                (adjacent.draft_tokens.cpu(), adjacent.seq_lens_this_time.cpu()), "adjacent")  # fmt: skip

@@ -26,10 +26,21 @@ def fake_server(tmp_path: Path, config: dict[str, Any], name: str = "fake") -> d
     }
 
 
+class _NoAliases(yaml.SafeDumper):
+    """The harness refuses anchors and aliases, so a value used twice is written out twice."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_NoAliases, sort_keys=False, allow_unicode=True)
+
+
 def write_scenario(tmp_path: Path, name: str, data: dict[str, Any]) -> Path:
     path = tmp_path / "scenarios" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"name": name, **data}, sort_keys=False))
+    path.write_text(dump_yaml({"name": name, **data}))
     return path
 
 

@@ -10,13 +10,15 @@ Usage: python tests/e2e/fake_engine.py --port PORT --config CONFIG.json
 Config keys: accept_nums (list[int]), k (int), corrupt (field -> value to overwrite),
 diverge_at (int|null), tie_at (int, default diverge_at: where the
 top-2 logprob gap is `gap`), gap (float), delay_s (float), healthy_after_s (float), vllm_k (int), start_log (path),
-gather_n (int: hold every answer until that many requests were in flight at once, max 10 s).
+gather_n (int: hold every answer until that many requests were in flight at once, max 10 s),
+exit_after (int: the process dies, as if killed, when request number exit_after + 1 arrives).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +30,7 @@ CONFIG: dict[str, Any] = {}
 STARTED = time.monotonic()
 COUNTERS = {"drafts": 0, "draft_tokens": 0, "accepted": 0, "per_pos": [0, 0, 0]}
 IN_FLIGHT = {"now": 0, "max": 0}
+ANSWERED = {"n": 0}
 LOCK = threading.Lock()
 
 
@@ -111,6 +114,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with LOCK:
+            ANSWERED["n"] += 1
+            if ANSWERED["n"] > CONFIG.get("exit_after", ANSWERED["n"]):
+                os._exit(1)  # like a crash or SIGKILL: no response, no cleanup
         time.sleep(CONFIG.get("delay_s", 0))
         deadline = time.monotonic() + 10  # gather_n: hold answers until that many are in flight
         while IN_FLIGHT["max"] < CONFIG.get("gather_n", 0) and time.monotonic() < deadline:

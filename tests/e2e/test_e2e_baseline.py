@@ -10,6 +10,7 @@ import pytest
 from e2e.baseline import (
     Baseline,
     BaselineError,
+    BaselineFormatError,
     check_fresh,
     diff_baselines,
     load_baseline,
@@ -59,20 +60,46 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(
     assert [p.name for p in tmp_path.iterdir()] == ["demo.yaml"]
 
 
+GOOD_HEAD = "specgate_baseline: 1\nscenario: x\nscenario_hash: h\nprovenance: {}\n"
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
         ("scenario: x\n", "key 'specgate_baseline': expected 1"),
+        (GOOD_HEAD + "requests: []\n", "key 'requests': expected a mapping"),
+        (GOOD_HEAD + "requests: {r1: {text: a}}\n", "key 'requests.r1.fields'"),
         (
-            "specgate_baseline: 1\nscenario: x\nscenario_hash: h\nprovenance: {}\nrequests: []\n",
-            "key 'requests': expected dict",
+            GOOD_HEAD + "requests: {r1: {fields: {accepted_tokens: '48'}}}\n",
+            "key 'requests.r1.fields.accepted_tokens': expected a number or a list of numbers, "
+            "got '48'",
         ),
         (
-            "specgate_baseline: 1\nscenario: x\nscenario_hash: h\nprovenance: {}\n"
-            "requests: {r1: {text: a}}\n",
-            "key 'requests.r1.fields'",
+            GOOD_HEAD + "requests: {r1: {fields: {accept_ratio: abc}}}\n",
+            "key 'requests.r1.fields.accept_ratio': expected a number or a list of numbers, "
+            "got 'abc'",
         ),
-        ("a: [", "cannot read the baseline"),
+        (
+            GOOD_HEAD + "requests: {r1: {fields: {per_head: [1, x]}}}\n",
+            "key 'requests.r1.fields.per_head': expected a number or a list of numbers",
+        ),
+        (
+            GOOD_HEAD + "requests: {r1: {fields: {ok: true}}}\n",
+            "key 'requests.r1.fields.ok': expected a number or a list of numbers, got True",
+        ),
+        (
+            GOOD_HEAD + "requests: {r1: {fields: {}, text: [1]}}\n",
+            "key 'requests.r1.text': expected a string",
+        ),
+        (
+            GOOD_HEAD + "scenario: y\nrequests: {}\n",
+            "line 5, column 1: key 'scenario' appears twice",
+        ),
+        (
+            GOOD_HEAD + "requests: {r1: {fields: &f {a: 1}}, r2: {fields: *f}}\n",
+            "anchor (&f) is not allowed",
+        ),
+        ("a: [", "not valid YAML"),
     ],
 )
 def test_malformed_baselines_name_the_file_and_key(
@@ -80,9 +107,26 @@ def test_malformed_baselines_name_the_file_and_key(
 ) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(content)
-    with pytest.raises(BaselineError) as info:
+    with pytest.raises(BaselineFormatError) as info:
         load_baseline(path)
     assert str(path) in str(info.value) and expected in str(info.value)
+
+
+def test_binary_baseline_is_a_format_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(GOOD_HEAD.encode() + b"requests: {}\n\xff\xfe\x00")
+    with pytest.raises(BaselineFormatError, match=r"bad\.yaml: not UTF-8 text \(byte 0xff at"):
+        load_baseline(path)
+
+
+def test_values_that_are_the_same_object_are_written_without_aliases(tmp_path: Path) -> None:
+    shared = [51, 33, 13]
+    baseline = make({"a": shared, "b": shared})
+    baseline.requests["r2"] = baseline.requests["r1"]
+    path = tmp_path / "demo.yaml"
+    write_baseline_atomic(path, baseline)
+    assert "&" not in path.read_text() and "*" not in path.read_text()
+    assert load_baseline(path).requests["r2"]["fields"]["b"] == shared
 
 
 def test_missing_and_stale_baselines_say_what_to_run(tmp_path: Path) -> None:

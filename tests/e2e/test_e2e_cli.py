@@ -4,6 +4,7 @@ interruption), run (pass, fail, stale baseline, markdown) and report."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -206,3 +207,67 @@ def test_serve_delegates_to_refserver(tmp_path: Path) -> None:
 def test_report_without_results_is_a_usage_error(tmp_path: Path) -> None:
     done = specgate(tmp_path, "report")
     assert done.returncode == 2 and "run `specgate run` first" in done.stderr
+
+
+# --- malformed input stops the gate before any request (issue 10) ----------------------------
+
+
+def _logged_scenario(tmp_path: Path) -> tuple[Path, Path]:
+    """The hybrid scenario with a fake engine that logs every launch (to prove none happened)."""
+    starts = tmp_path / "starts.log"
+    config = {"accept_nums": SPEC_ACCEPT_NUMS, "k": 5, "start_log": str(starts)}
+    return fake_scenario(tmp_path, "hybrid", config), starts
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        (
+            lambda text: text.replace("accepted_tokens: 100", "accepted_tokens: '48'", 1),
+            "fields.accepted_tokens': expected a number or a list of numbers, got '48'",
+        ),
+        (
+            lambda text: text.replace("accept_ratio: 0.49", "accept_ratio: abc", 1),
+            "fields.accept_ratio': expected a number or a list of numbers, got 'abc'",
+        ),
+        (lambda text: text + "scenario: again\n", "key 'scenario' appears twice"),
+        (lambda text: text.encode() + b"\xc3\x28", "not UTF-8 text (byte 0xc3 at offset"),
+    ],
+)
+def test_malformed_baseline_exits_2_before_any_request(
+    tmp_path: Path, corrupt, expected: str
+) -> None:
+    _, starts = _logged_scenario(tmp_path)
+    assert specgate(tmp_path, "baseline", "update", "hybrid").returncode == 0
+    starts.unlink()
+    path = tmp_path / "baselines" / "hybrid.yaml"
+    bad = corrupt(path.read_text())
+    path.write_bytes(bad if isinstance(bad, bytes) else bad.encode())
+    run = specgate(tmp_path, "run", "--scenario", "hybrid")  # kernel step included: not reached
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"error: {path}: " in run.stderr and expected in run.stderr
+    assert "kernel conformance" not in run.stdout
+    assert not starts.exists()  # no server was launched, so no request was sent
+
+
+def test_request_key_typo_exits_2_before_any_request(tmp_path: Path) -> None:
+    scenario, starts = _logged_scenario(tmp_path)
+    scenario.write_text(scenario.read_text().replace("max_tokens: 128", "max_tokns: 128"))
+    run = specgate(tmp_path, "run", "--skip-kernel", "--scenario", "hybrid")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "key 'request_defaults.max_tokns'" in run.stderr
+    assert "(did you mean 'max_tokens'?)" in run.stderr
+    assert not starts.exists()
+
+
+def test_a_server_killed_mid_run_counts_its_failed_requests(tmp_path: Path, scenario: Path) -> None:
+    assert specgate(tmp_path, "baseline", "update", "hybrid").returncode == 0
+    engine(tmp_path, "hybrid", exit_after=1)  # answers the first request, then dies
+    run = specgate(tmp_path, "run", "--skip-kernel", "--scenario", "hybrid", "--report", "r.md")
+    assert run.returncode == 1, run.stdout + run.stderr
+    # 7 rows of the answered request, and one failing row for the one that got no answer
+    assert "[FAILED] hybrid (metrics," in run.stdout and "1/8 rows failing)" in run.stdout
+    assert re.search(r"hello/stream +\* +in baseline +- +- +FAIL: request failed", run.stdout)
+    assert "| hello/stream | * | in baseline | - | - | **FAIL: request failed** |" in (
+        (tmp_path / "r.md").read_text()
+    )

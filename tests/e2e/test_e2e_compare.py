@@ -72,3 +72,18 @@ def test_report_has_one_row_per_field_with_all_columns() -> None:
     md = render_markdown([result])
     assert "| request | field | baseline | measured | tolerance | verdict |" in md
     assert "| hello/stream | accept_ratio | 0.49 | 0.55 | abs 0.02 | **FAIL: diff 0.06** |" in md
+
+
+@pytest.mark.parametrize(
+    ("baseline", "measured", "detail"),
+    [
+        (48, "48", "not a number: '48'"),
+        (0.49, None, "not a number: None"),
+        ([1, 2], [1, "x"], "not a number: 'x'"),
+        (True, 1, "not a number: True"),
+    ],
+)
+def test_a_value_that_is_not_a_number_fails_its_row(baseline, measured, detail) -> None:
+    """A server can send anything: the row fails with the value, the report never crashes."""
+    row = compare_field("r", "accept_ratio", baseline, measured, Tolerance(abs=0.02))
+    assert not row.ok and row.verdict == f"FAIL: {detail}"

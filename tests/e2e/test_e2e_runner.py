@@ -56,6 +56,7 @@ def test_sglang_adapter_over_native_generate(tmp_path: Path) -> None:
         adapter="sglang",
         speculative_tokens=3,
         matrix=[],
+        request_defaults={},  # /generate takes its sampling options inside sampling_params
         requests=[
             {
                 "id": "g",

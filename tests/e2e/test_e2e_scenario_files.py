@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from e2e_helpers import dump_yaml
 
 from e2e.scenario import ScenarioError, load_scenario, resolve_scenarios, substitute
 
@@ -34,7 +35,7 @@ VALID = {
 
 def write(tmp_path: Path, data: object, name: str = "demo.yaml") -> Path:
     path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    path.write_text(data if isinstance(data, str) else dump_yaml(data))
     return path
 
 
@@ -263,3 +264,166 @@ def test_real_engine_examples_skip_with_a_clear_reason_when_not_installed() -> N
         "accepted_tokens_per_head": (2.0, None),
         "accept_ratio_per_head": (0.05, None),
     }
+
+
+# --- hostile or careless files (issue 10): rejected at load, naming the file, key and type -----
+
+
+def test_a_typo_in_a_request_key_names_it_and_suggests_the_field(tmp_path: Path) -> None:
+    data = with_change(["requests", 0, "max_tokns"], 8)
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write(tmp_path, data))
+    message = str(info.value)
+    assert "key 'requests[0].max_tokns': expected an OpenAI chat completion request field" in (
+        message
+    )
+    assert "(did you mean 'max_tokens'?)" in message and "'extra_body:'" in message
+    typo_in_defaults = with_change(["request_defaults", "temprature"], 0)
+    with pytest.raises(ScenarioError, match=r"'request_defaults\.temprature'.*'temperature'"):
+        load_scenario(write(tmp_path, typo_in_defaults))
+    typo_in_matrix = {**VALID, "matrix": [[{"name": "s", "strem": True}]]}
+    with pytest.raises(ScenarioError, match=r"'matrix\[0\]\[0\]\.strem'.*'stream'"):
+        load_scenario(write(tmp_path, typo_in_matrix))
+
+
+def test_a_typo_in_a_scenario_key_suggests_the_known_key(tmp_path: Path) -> None:
+    data = {**VALID, "tolerance": {}}
+    with pytest.raises(ScenarioError, match=r"key 'tolerance'.*\(did you mean 'tolerances'\?\)"):
+        load_scenario(write(tmp_path, data))
+
+
+def test_engine_fields_are_declared_per_adapter_or_go_under_extra_body(tmp_path: Path) -> None:
+    declared = with_change(["request_defaults", "min_tokens"], 4)  # FastDeploy's, refserver's
+    assert load_scenario(write(tmp_path, declared)).requests[0].body["min_tokens"] == 4
+    data = {
+        **VALID,
+        "request_defaults": {"max_tokens": 16, "extra_body": {"my_engine_knob": 1, "b": 2}},
+        "matrix": [[{"name": "x", "extra_body": {"b": 3}}]],
+        "requests": [
+            {
+                "id": "a",
+                "messages": [{"role": "user", "content": "hi"}],
+                "extra_body": {"c": [4]},
+            }
+        ],
+    }
+    [request] = load_scenario(write(tmp_path, data)).requests
+    assert request.body == {  # sent flat, as the openai client sends extra_body
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hi"}],
+        "my_engine_knob": 1,
+        "b": 3,
+        "c": [4],
+    }
+    clash = {**VALID, "requests": [{**VALID["requests"][0], "extra_body": {"max_tokens": 3}}]}
+    with pytest.raises(ScenarioError, match=r"'requests\[0\]\.extra_body\.max_tokens'.*not also"):
+        load_scenario(write(tmp_path, clash))
+    not_a_mapping = with_change(["request_defaults", "extra_body"], ["x"])
+    with pytest.raises(ScenarioError, match=r"'request_defaults\.extra_body': expected a mapping"):
+        load_scenario(write(tmp_path, not_a_mapping))
+
+
+def test_vllm_fields_are_not_fastdeploy_fields(tmp_path: Path) -> None:
+    data = with_change(["request_defaults", "ignore_eos"], True)
+    with pytest.raises(ScenarioError, match=r"'request_defaults\.ignore_eos'.*fastdeploy adapter"):
+        load_scenario(write(tmp_path, data))
+    vllm = {**data, "adapter": "vllm"}
+    assert load_scenario(write(tmp_path, vllm)).requests[0].body["ignore_eos"] is True
+
+
+def test_generate_requests_take_sglang_fields(tmp_path: Path) -> None:
+    request = {"id": "g", "endpoint": "generate", "text": "hi"}
+    data = {**VALID, "adapter": "sglang", "request_defaults": {}, "requests": [request]}
+    data["requests"][0]["sampling_params"] = {"max_new_tokens": 8}
+    assert load_scenario(write(tmp_path, data)).requests[0].body["sampling_params"]
+    data["requests"][0]["max_tokens"] = 8
+    with pytest.raises(ScenarioError, match=r"'requests\[0\]\.max_tokens'.*inside sampling_params"):
+        load_scenario(write(tmp_path, data))
+
+
+GOOD_TEXT = dump_yaml(VALID)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (GOOD_TEXT + "name: again\n", r"key 'name' appears twice in one mapping \(first on line"),
+        (
+            GOOD_TEXT.replace("max_tokens: 16", "max_tokens: 16\n  temperature: 1"),
+            r"line \d+, column 3: key 'temperature' appears twice",
+        ),
+        (GOOD_TEXT.replace("max_tokens: 16", "max_tokens: &n 16"), r"an anchor \(&n\)"),
+        (GOOD_TEXT + "tags: [*n]\n", r"an alias \(\*n\)"),
+        (GOOD_TEXT + "<<: {tags: [x]}\n", r"a merge key \(<<\)"),
+        (GOOD_TEXT + "tags: " + "[" * 500 + "]" * 500 + "\n", "nested more than 64 levels"),
+        (GOOD_TEXT + "tags: !!python/object:os.system {}\n", "not valid YAML"),
+    ],
+)
+def test_yaml_that_the_loader_refuses(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioError, match=expected) as info:
+        load_scenario(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def alias_bomb() -> str:
+    """A scenario whose request body holds nine levels of nine aliases: under 1 KB that expand to
+    9**9 (387 million) strings when the body is copied, hashed or sent."""
+    lines = [
+        "name: bomb",
+        "server: {url: 'http://127.0.0.1:1'}",
+        "baseline: b.yaml",
+        "requests: [{id: a, messages: [{role: user, content: hi}]}]",
+        "request_defaults:",
+        "  extra_body:",
+        "    a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]",
+    ]
+    lines += [f"    a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_its_first_anchor(tmp_path: Path) -> None:
+    bomb = alias_bomb()
+    assert len(bomb.encode()) < 1024
+    with pytest.raises(ScenarioError, match=r"line 7, column 9: an anchor \(&a0\) is not allowed"):
+        load_scenario(write(tmp_path, bomb))
+    folder = tmp_path / "scenarios"
+    folder.mkdir()
+    write(folder, bomb, "bomb.yaml")  # looking scenarios up by name reads it too
+    with pytest.raises(ScenarioError, match="no scenario of that name"):
+        resolve_scenarios(["bomb-name"], folder)
+
+
+def test_a_binary_scenario_names_the_file_and_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "demo.yaml"
+    path.write_bytes(GOOD_TEXT.encode() + b"\x80\x81")
+    with pytest.raises(ScenarioError, match=r"demo\.yaml: not UTF-8 text \(byte 0x80 at offset"):
+        load_scenario(path)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (b"not json\n", r"line 1: not JSON \(Expecting value at column 1\)"),
+        (b'{"id": "p1"}\n', r"line 1: key 'messages': expected a non-empty list.*required"),
+        (b'{"id": "p1", "messages": "hi"}\n', r"line 1: key 'messages'.*got 'hi'"),
+        (b"[1, 2]\n", r"line 1: expected a JSON object with 'id' and 'messages', got a list"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}\n', r"line 1: key 'id'"),
+        (
+            b'{"id": "p1", "messages": [{"role": "user", "content": "x"}]}\n\n{"id": \n',
+            r"line 3: not JSON",  # every line is checked, not only up to the one used
+        ),
+        (b'{"id": "p1"}\xff\n', r"not UTF-8 text \(byte 0xff at offset 12\)"),
+    ],
+)
+def test_malformed_prompt_files_name_the_file_line_and_key(
+    tmp_path: Path, lines: bytes, expected: str
+) -> None:
+    (tmp_path / "prompts.jsonl").write_bytes(lines)
+    data = {**VALID, "requests": [{"id": "a", "messages_from": "prompts.jsonl#p1"}]}
+    path = write(tmp_path, data)
+    with pytest.raises(ScenarioError, match=expected) as info:
+        load_scenario(path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'prompts.jsonl'}: ")
+    assert f"the prompt file of {path} key 'requests[0].messages_from'" in message

@@ -7,13 +7,16 @@ from pathlib import Path
 import pytest
 
 from e2e.report import render_text
-from e2e.scenario import load_scenario
+from e2e.scenario import ScenarioError, load_scenario
 
 pytestmark = pytest.mark.e2e
 
 
 def test_scenario(scenario_path: Path, e2e_session) -> None:
-    scenario = load_scenario(scenario_path)
+    try:
+        scenario = load_scenario(scenario_path)
+    except ScenarioError as exc:  # a malformed file: its message, not a traceback
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
     result = e2e_session.run(scenario)
     if result.status == "skipped":
         pytest.skip("; ".join(result.messages))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from refimpl.validate import check_structure, check_values
+from refimpl.validate import check_no_overlap, check_structure, check_values
 
 ROW_LIMIT = 1024  # the batch limit some kernels had: one block of 1024 threads
 
@@ -34,9 +34,7 @@ def _search(haystack: list[int], ngram: list[int], budget: int, bugs: set[str]) 
 
 
 def _draft_row(prompt, generated, step, budget, max_n, min_n, bugs) -> list[int]:
-    for n in range(max_n, min_n - 1, -1):
-        if step < n:
-            continue
+    for n in range(min(max_n, step), min_n - 1, -1):  # n > step is skipped (SPEC §1.3)
         if "ngram_one_early" in bugs:
             if step - n < 0:
                 continue
@@ -68,6 +66,7 @@ def _hybrid(bugs: set[str], *args, threshold: int = 1024, pad_to_max: bool = Fal
             "pad_to_max": pad_to_max,
         },
     )
+    check_no_overlap(dict(zip(names, args[:9], strict=True)))
     check_values(shapes, prompt_lens, step_idx, seq_lens_this_time)
     plens = prompt_lens.reshape(-1).tolist()
     steps = step_idx.reshape(-1).tolist()

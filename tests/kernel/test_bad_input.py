@@ -136,3 +136,95 @@ def test_device_mismatch_names_the_argument(impl):
     batch = _base().to("cuda")
     batch.pre_ids = batch.pre_ids.cpu()
     _expect_error(impl, batch, "pre_ids")
+
+
+# --- outputs that share memory with another argument (SPEC §1.5) ------------------------------
+
+OUTPUTS = ("draft_tokens", "seq_lens_this_time")
+ARGS = tuple(_base().tensors())
+# Every (output, other argument) pair, each output pair once.
+PAIRS = [(out, other) for out in OUTPUTS for other in ARGS
+         if other != out and not (other in OUTPUTS and ARGS.index(other) < ARGS.index(out))]  # fmt: skip
+
+
+def _sharing(a: str, b: str) -> str:
+    """An error that names both arguments and says they share memory (any wording of it)."""
+    said = r"(?i:share|overlap|alias)"
+    return rf"(?=.*\b{a}\b)(?=.*\b{b}\b)(?=.*{said})"
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _in_one_buffer(batch: Batch, first: str, second: str, gap: int) -> Batch:
+    """`first` and `second` rebuilt as views of one byte buffer, with their values: `second`
+    starts `gap` bytes after the end of `first` (a negative gap overlaps the two by that many
+    bytes). Different data pointers, one storage."""
+    a, b = getattr(batch, first), getattr(batch, second)
+    start = _nbytes(a) + gap
+    buf = torch.zeros(max(_nbytes(a), start + _nbytes(b)), dtype=torch.uint8, device=a.device)
+
+    def view(t: torch.Tensor, offset: int) -> torch.Tensor:
+        v = buf[offset : offset + _nbytes(t)].view(t.dtype).view(t.shape)
+        v.copy_(t)
+        return v
+
+    setattr(batch, first, view(a, 0))
+    setattr(batch, second, view(b, start))
+    return batch
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("out", "other"), PAIRS, ids=[f"{o}-{a}" for o, a in PAIRS])
+def test_output_overlapping_an_argument_names_both(out, other, impl, kernel_device):
+    """The last 8 bytes of `out` are the first 8 bytes of `other`: a partial overlap that a
+    same-data_ptr test would miss. Both orders in memory."""
+    for first, second in ((out, other), (other, out)):
+        batch = _in_one_buffer(_base().to(kernel_device), first, second, gap=-8)
+        _expect_error(impl, batch, _sharing(out, other))
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(
+    ("out", "other"),
+    [("draft_tokens", "token_ids_all"), ("draft_tokens", "pre_ids"),
+     ("seq_lens_this_time", "seq_lens_decoder"), ("seq_lens_this_time", "draft_token_num")],
+)  # fmt: skip
+def test_output_that_is_the_same_tensor_as_an_argument_names_both(out, other, impl, kernel_device):
+    """The aliasing engines write by accident: the very same tensor passed twice."""
+    batch = _base().to(kernel_device)
+    if other == "pre_ids":  # pre_ids must be at least as wide as step_idx needs: it is, W = 4
+        batch.step_idx = batch.step_idx.clamp(max=batch.draft_tokens.shape[1] - 1)
+    setattr(batch, other, getattr(batch, out))
+    _expect_error(impl, batch, _sharing(out, other))
+
+
+@pytest.mark.kernel
+def test_strided_view_spanning_an_output_names_both(impl, kernel_device):
+    """pre_ids row 0 lies just before draft_tokens in one buffer and row 1 just after it: no
+    element is shared, but pre_ids spans draft_tokens' bytes, which counts as sharing memory."""
+    batch = _base().to(kernel_device)
+    rows, width = batch.draft_tokens.shape
+    s_pre = batch.pre_ids.shape[1]
+    n = rows * width
+    buf = torch.zeros(s_pre + n + s_pre, dtype=torch.int64, device=kernel_device)
+    draft = buf[s_pre : s_pre + n].view(rows, width)
+    pre = buf.as_strided((rows, s_pre), (s_pre + n, 1))  # rows at buf[:s_pre], buf[s_pre + n:]
+    draft.copy_(batch.draft_tokens)
+    pre.copy_(batch.pre_ids)
+    batch.draft_tokens, batch.pre_ids = draft, pre
+    _expect_error(impl, batch, _sharing("draft_tokens", "pre_ids"))
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("out", "other"), PAIRS, ids=[f"{o}-{a}" for o, a in PAIRS])
+def test_adjacent_views_of_one_buffer_are_accepted(out, other, impl, kernel_device, request):
+    """One storage is fine when the bytes do not overlap: the check is about memory, not
+    storage identity. The result is the oracle's on the same values."""
+    batch = _in_one_buffer(_base().to(kernel_device), out, other, gap=0)
+    want = _base()
+    want.run(oracle)
+    batch.run(impl.fn)
+    assert torch.equal(batch.draft_tokens.cpu(), want.draft_tokens), impl.name
+    assert torch.equal(batch.seq_lens_this_time.cpu(), want.seq_lens_this_time), impl.name
