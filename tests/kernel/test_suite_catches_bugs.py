@@ -36,4 +36,3 @@ def test_suite_reports_broken_implementation(bug):
 def test_suite_passes_the_same_implementation_without_bugs():
     result = _run_suite("tests.kernel.broken:no_bug")
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert "836 passed" in result.stdout, result.stdout[-2000:]
