@@ -162,6 +162,14 @@ def cmd_kernel(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if not args.impl:
+        from refimpl import impls
+
+        try:  # the default: under SPECGATE_REQUIRE_OP a failed build is an error, not the oracle
+            impls.default(args.device)
+        except RuntimeError as exc:  # cuda_ext.build.OpBuildError, with the compiler's output
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     recorder = _Recorder()
     started = time.monotonic()
     code = int(pytest.main(pytest_args(args), plugins=[recorder]))
