@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from e2e.junit import write_junit
     from e2e.report import render_markdown, render_text, save_results
     from e2e.server import ServerPool
-    from specgate.kernel import append_step_summary
+    from specgate.progress import append_step_summary
 
     root = _root(args)
     kernel_ok = True if args.skip_kernel else _kernel_step()

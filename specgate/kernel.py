@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from specgate.progress import Progress, interactive
+from specgate.progress import Progress, append_step_summary, interactive
 from specgate.pytest_plugin import KERNEL_SUITE
 
 SUITE_INI = KERNEL_SUITE / "suite.ini"
@@ -145,14 +145,6 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         command += ["-p", "specgate"]  # the pytest11 entry point, by name
     return command
-
-
-def append_step_summary(markdown: str) -> None:
-    """GitHub Actions shows $GITHUB_STEP_SUMMARY on the run's page."""
-    target = os.environ.get("GITHUB_STEP_SUMMARY")
-    if target:
-        with open(target, "a", encoding="utf-8") as f:
-            f.write(markdown + "\n")
 
 
 def cmd_kernel(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""Progress of long runs: a tqdm bar on a terminal, plain lines when not a terminal or under CI.
+"""What long runs show while they run and leave for CI: a tqdm bar on a terminal, plain lines
+when not a terminal or under CI, and the markdown report on GitHub's job summary page.
 
 Plain lines (one per tenth of the work, and the last) keep CI logs short and greppable; a bar
 would fill them with carriage returns.
@@ -47,3 +48,11 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def append_step_summary(markdown: str) -> None:
+    """GitHub Actions shows the file named by $GITHUB_STEP_SUMMARY on the run's page."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target:
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(markdown + "\n")

@@ -237,7 +237,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if E2E_SESSION in session.config.stash:
-        session.config.stash[E2E_SESSION].finish()
+        e2e = session.config.stash[E2E_SESSION]
+        e2e.finish()
+        if e2e.results and not hasattr(
+            session.config, "workerinput"
+        ):  # xdist: once, not per worker
+            from e2e.report import render_markdown
+            from specgate.progress import append_step_summary
+
+            append_step_summary(render_markdown(e2e.results))
 
 
 @pytest.fixture(scope="session")

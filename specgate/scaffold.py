@@ -45,6 +45,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     cd = f"cd {shlex.quote(str(root))} && " if root != Path(".") else ""
     print("next, record the baseline, then run the gate against it:")
     print(f"  {cd}specgate baseline update {relative_scenario}")
-    print(f"  {cd}specgate run --skip-kernel --scenario {relative_scenario}")
+    print(
+        f"  {cd}specgate run --skip-kernel --scenario {relative_scenario} --junitxml e2e-junit.xml"
+    )
     print("and copy ci/specgate.yml to .github/workflows/ to run both on every push")
     return 0

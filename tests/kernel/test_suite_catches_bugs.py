@@ -29,7 +29,7 @@ def test_suite_reports_broken_implementation(bug):
     output = result.stdout + result.stderr
     assert result.returncode == 1, f"the suite did not fail on {bug}:\n{output[-3000:]}"
     assert "differs from the oracle" in output or "vector '" in output, output[-3000:]
-    assert "reproduce: pytest -m kernel --pyargs specgate.kernel_suite." in output, output[-3000:]
+    assert "reproduce: pytest -m kernel --pyargs 'specgate.kernel_suite." in output, output[-3000:]
     assert f"implementation under test tests.kernel.broken:{bug}" in output, output[:2000]
 
 
