@@ -118,6 +118,12 @@ def test_kernel_suite_passes_the_correct_kernel_and_fails_the_buggy_one(
     missing = _run(["specgate", "kernel", "--impl", "mykernels.nope:fn"], engine_repo, env)
     assert missing.returncode == 2 and "mykernels.nope" in missing.stderr
 
+    # The same suite through the plugin, from the engine repository's own pytest.
+    plugin = _run(["pytest", "-m", "kernel", "--impl", "mykernels.ngram:threshold_off_by_one",
+                   "-k", "test_vector", "-p", "no:cacheprovider"], engine_repo, env)  # fmt: skip
+    output = plugin.stdout + plugin.stderr
+    assert plugin.returncode == 1 and "vector 'budget_skip" in output, output[-3000:]
+
 
 def test_init_then_the_printed_commands_then_the_pytest_plugin(
     installed, engine_repo: Path
@@ -137,4 +143,5 @@ def test_init_then_the_printed_commands_then_the_pytest_plugin(
                    "no:cacheprovider", "--junitxml", "pytest.xml"], engine_repo, env)  # fmt: skip
     output = _must(plugin)
     assert "1 passed" in output, output[-3000:]
-    assert ET.parse(engine_repo / "pytest.xml").getroot().iter("testcase")
+    names = [c.get("name") for c in ET.parse(engine_repo / "pytest.xml").getroot().iter("testcase")]
+    assert names == ["test_scenario[refserver]"], names
