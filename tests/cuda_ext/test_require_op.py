@@ -89,3 +89,20 @@ def test_bad_requirement_value_names_the_variable(tmp_path: Path) -> None:
     result = _python(tmp_path, "import cuda_ext", SPECGATE_REQUIRE_OP="gpu")
     assert result.returncode != 0
     assert "SPECGATE_REQUIRE_OP='gpu': expected 'cpu' or 'cuda'" in result.stderr
+
+
+def test_specgate_run_kernel_step_fails_when_the_suite_cannot_run(
+    tmp_path: Path, failing_cxx: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    """`specgate run`'s kernel step: any non-zero exit of the suite is a failure, never a pass."""
+    from specgate import cli
+
+    monkeypatch.setenv("CXX", str(failing_cxx))
+    monkeypatch.setenv("SPECGATE_REQUIRE_OP", "cpu")
+    monkeypatch.setenv("SPECGATE_BUILD_DIR", str(tmp_path / "build"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.chdir(tmp_path)
+    assert cli._kernel_step() is False
+    out, err = capfd.readouterr()
+    assert "kernel conformance: FAILED (exit 1)" in out
+    assert SIMULATED in err
