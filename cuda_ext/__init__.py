@@ -16,7 +16,7 @@ import torch
 
 from cuda_ext.checks import DTYPES, check_no_overlap, check_structure, check_values
 
-__all__ = ["check_values", "hybrid_mtp_ngram", "is_available"]
+__all__ = ["build_detail", "check_values", "hybrid_mtp_ngram", "is_available"]
 
 _fake_registered = False
 
@@ -48,6 +48,13 @@ def _register_fake() -> None:
         return None
 
     _fake_registered = True
+
+
+def build_detail(device_type: str = "cpu") -> str:
+    """Why the op is or is not available for ``device_type`` (the compiler's error on failure)."""
+    build = _builder()
+    result = build.ensure_cuda() if device_type == "cuda" else build.ensure_cpu()
+    return result.detail
 
 
 def is_available(device_type: str = "cpu") -> bool:
@@ -117,3 +124,8 @@ def hybrid_mtp_ngram(
         seq_lens_this_time, seq_lens_decoder, max_dec_len, max_ngram_size, min_ngram_size,
         max_draft_tokens, threshold, pad_to_max,
     )  # fmt: skip
+
+
+# SPECGATE_REQUIRE_OP=cpu|cuda: a failed or missing build is an error at import, not a fallback.
+if _builder().required_op() is not None:
+    is_available(_builder().required_op())

@@ -11,6 +11,10 @@ Two shared libraries, loaded with ``torch.ops.load_library``:
 The build directory is ``$SPECGATE_BUILD_DIR`` or ``~/.cache/specgate/ops/<torch version>``;
 ninja rebuilds only what changed, so after the first build a load takes well under a second.
 Prebuild with ``python -m cuda_ext.build``.
+
+A failed build is logged with the compiler's output. ``SPECGATE_REQUIRE_OP=cpu`` (or ``cuda``)
+makes a failed or missing build of that library an ``OpBuildError`` wherever the op is asked
+for (importing ``cuda_ext``, the kernel suite's default, refserver's ``auto``); CI sets it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,29 @@ class BuildResult:
 
 
 _results: dict[str, BuildResult] = {}
+REQUIRE_ENV = "SPECGATE_REQUIRE_OP"
+
+
+class OpBuildError(RuntimeError):
+    """The op is required (SPECGATE_REQUIRE_OP) but its build failed or is missing."""
+
+
+def required_op() -> str | None:
+    """ "cpu" or "cuda" when SPECGATE_REQUIRE_OP asks for that build, else None."""
+    value = os.environ.get(REQUIRE_ENV, "").strip()
+    if value in ("", "0", "none"):
+        return None
+    if value not in ("cpu", "cuda"):
+        raise OpBuildError(f"{REQUIRE_ENV}={value!r}: expected 'cpu' or 'cuda' (or unset)")
+    return value
+
+
+def _enforce(kind: str, result: BuildResult) -> BuildResult:
+    """Raise when SPECGATE_REQUIRE_OP asks for this library (cuda implies cpu) and it failed."""
+    wanted = required_op()
+    if not result.ok and wanted is not None and (kind == "cpu" or wanted == "cuda"):
+        raise OpBuildError(f"{REQUIRE_ENV}={wanted}: the op's {kind} library: {result.detail}")
+    return result
 
 
 def build_dir(kind: str) -> Path:
@@ -92,7 +119,7 @@ def ensure_cpu(verbose: bool = False) -> BuildResult:
             except Exception as exc:  # a failed compile must not break importing the package
                 _results["cpu"] = BuildResult(False, f"CPU build failed: {exc}")
                 log.warning("specgate op: %s", _results["cpu"].detail)
-    return _results["cpu"]
+    return _enforce("cpu", _results["cpu"])
 
 
 def ensure_cuda(verbose: bool = False) -> BuildResult:
@@ -119,16 +146,20 @@ def ensure_cuda(verbose: bool = False) -> BuildResult:
                 except Exception as exc:
                     _results["cuda"] = BuildResult(False, f"CUDA build failed: {exc}")
                     log.warning("specgate op: %s", _results["cuda"].detail)
-    return _results["cuda"]
+    return _enforce("cuda", _results["cuda"])
 
 
 def main() -> int:
     """Prebuild: `python -m cuda_ext.build [--verbose]`. Exit 1 if the CPU part fails."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     verbose = "--verbose" in sys.argv
-    cpu = ensure_cpu(verbose)
-    log.info("cpu : %s", "ok, " + cpu.detail if cpu.ok else "NOT AVAILABLE: " + cpu.detail)
-    cuda = ensure_cuda(verbose)
+    try:
+        cpu = ensure_cpu(verbose)
+        log.info("cpu : %s", "ok, " + cpu.detail if cpu.ok else "NOT AVAILABLE: " + cpu.detail)
+        cuda = ensure_cuda(verbose)
+    except OpBuildError as exc:
+        log.error("%s", exc)
+        return 1
     log.info("cuda: %s", "ok, " + cuda.detail if cuda.ok else "not built: " + cuda.detail)
     return 0 if cpu.ok else 1
 

@@ -1,24 +1,25 @@
-"""pytest integration of the e2e gate (used by tests/e2e/conftest.py).
+"""pytest integration of the e2e gate (used by the plugin specgate.pytest_plugin).
 
 - Scenarios are discovered from <rootdir>/scenarios; `--scenario` selects some (name or path).
 - `--server-url` reuses a running server for every scenario.
-- One server per distinct server configuration per pytest run: tests are ordered so that
-  scenarios sharing a configuration run back to back, and a server is stopped as soon as no test
-  left in this process needs it. Under pytest-xdist each worker owns its servers, and ports are
+- One server per distinct server configuration per pytest run, on the schedule of `specgate
+  run` (e2e.schedule): tests are ordered so that scenarios sharing a configuration run back to
+  back, and a server is stopped as soon as no test left in this process needs it. Under pytest-xdist each worker owns its servers, and ports are
   reserved across workers (e2e.ports), so parallel workers never collide.
 - `--report FILE` writes the markdown report at the end (per worker under xdist: FILE.gwN.md).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import contextlib
 from pathlib import Path
 
 import pytest
 
 from e2e.report import render_markdown
-from e2e.runner import ScenarioResult, run_scenario
+from e2e.runner import ScenarioResult
 from e2e.scenario import Scenario, ScenarioError, load_scenario, resolve_scenarios
+from e2e.schedule import Schedule, server_keys
 from e2e.server import ServerPool
 
 SCENARIO_PARAM = "scenario_path"
@@ -34,7 +35,7 @@ def scenario_paths(config: pytest.Config) -> list[Path]:
 
 def _server_keys(path: Path) -> list[str]:
     try:
-        return [spec.key() for spec in load_scenario(path).servers.values()]
+        return server_keys(load_scenario(path))
     except ScenarioError:
         return []
 
@@ -45,23 +46,18 @@ class E2ESession:
     def __init__(self, config: pytest.Config, log_dir: Path):
         self.config = config
         self.pool = ServerPool(log_dir, config.getoption("--server-url"))
-        self.remaining: Counter[str] = Counter()
+        self.schedule = Schedule(self.pool)
         self.results: list[ScenarioResult] = []
 
     def plan(self, items: list[pytest.Item]) -> None:
         for item in items:
             path = _param(item)
             if path is not None:
-                self.remaining.update(_server_keys(path))
+                with contextlib.suppress(ScenarioError):  # the test reports a malformed file
+                    self.schedule.plan([load_scenario(path)])
 
     def run(self, scenario: Scenario) -> ScenarioResult:
-        try:
-            result = run_scenario(scenario, self.pool)
-        finally:
-            for spec in scenario.servers.values():
-                self.remaining[spec.key()] -= 1
-                if self.remaining[spec.key()] <= 0:
-                    self.pool.release(spec)
+        result = self.schedule.run(scenario)
         self.results.append(result)
         return result
 

@@ -289,6 +289,22 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
 
 
+REFSERVER_PLACEHOLDER = "{refserver}"
+
+
+def scenario_relative(scenario_path: Path, name: str) -> Path:
+    """A path written in a scenario (baseline, messages_from, fingerprint, cwd): relative to the
+    scenario file, so a scenario works from any current directory. A leading ``{refserver}``
+    stands for the installed refserver package folder (its assets ship in the wheel)."""
+    if name.startswith(REFSERVER_PLACEHOLDER):
+        spec = importlib.util.find_spec("refserver")
+        if spec is None or not spec.submodule_search_locations:
+            raise ScenarioError(f"{scenario_path}: {name!r}: refserver is not installed")
+        base = Path(next(iter(spec.submodule_search_locations)))
+        return (base / name[len(REFSERVER_PLACEHOLDER) :].lstrip("/")).resolve()
+    return (scenario_path.parent / name).resolve()
+
+
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     """Read and validate one scenario file."""
     path = Path(path)
@@ -385,7 +401,7 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
         raise top.error(
             "baseline", "no baseline in a lossless scenario (it compares two servers)", baseline
         )
-    baseline_path = (path.parent / baseline).resolve() if baseline else None
+    baseline_path = scenario_relative(path, baseline) if baseline else None
 
     speculative_tokens = top.positive_int("speculative_tokens", None)
     if speculative_tokens is None and kind == "metrics":
@@ -470,14 +486,14 @@ def _read_server(reader: _Reader) -> ServerSpec:
         raise reader.error("health_path", "a path starting with '/'", health_path)
     fingerprint = {}
     for i, name in enumerate(reader.get("fingerprint", list, [])):
-        target = reader.path.parent / str(name)
+        target = scenario_relative(reader.path, str(name))
         if not target.is_file():
             raise reader.error(f"fingerprint[{i}]", "a file, relative to the scenario file", name)
         fingerprint[str(name)] = hashlib.sha256(target.read_bytes()).hexdigest()
     modules = reader.get("requires_modules", list, [])
     cwd = reader.get("cwd", str, None)
     if cwd is not None:
-        cwd_path = (reader.path.parent / cwd).resolve()
+        cwd_path = scenario_relative(reader.path, cwd)
         if not cwd_path.is_dir():
             raise reader.error("cwd", "a folder, relative to the scenario file", cwd)
         cwd = str(cwd_path)
@@ -627,7 +643,7 @@ def _messages_from(reader: _Reader, path: Path, ref: Any) -> list[dict[str, Any]
             "messages_from", "'FILE.jsonl#ID' (FILE relative to the scenario file)", ref
         )
     file_part, prompt_id = ref.rsplit("#", 1)
-    jsonl = (path.parent / file_part).resolve()
+    jsonl = scenario_relative(path, file_part)
     try:
         raw = jsonl.read_bytes()
     except OSError as exc:

@@ -19,22 +19,20 @@ HybridFn = Callable[..., None]
 
 
 def resolve_impl(ngram_impl: str, device: torch.device) -> tuple[str, HybridFn]:
-    """("op" | "oracle", callable). `auto` takes the op when it is built for `device`."""
-    if ngram_impl in ("auto", "op"):
-        try:
-            import cuda_ext
-
-            if cuda_ext.is_available(device.type):
-                return "op", cuda_ext.hybrid_mtp_ngram
-            reason = f"cuda_ext.is_available({device.type!r}) is False"
-        except ImportError as e:  # the op's package is missing or failed to import
-            reason = f"cuda_ext import failed: {e}"
-        if ngram_impl == "op":
-            raise RuntimeError(f"--ngram-impl op requested but the op is unusable: {reason}")
-        log.warning("hybrid_mtp_ngram: using the Python oracle (%s)", reason)
+    """("op" | "oracle", callable). `auto` is the kernel suite's default (refimpl.impls): the op
+    when it is built for `device`, else the oracle with a warning, an error under
+    SPECGATE_REQUIRE_OP."""
     import refimpl
+    from refimpl import impls
 
-    return "oracle", refimpl.hybrid_mtp_ngram
+    if ngram_impl == "oracle":
+        return "oracle", refimpl.hybrid_mtp_ngram
+    impl = impls.default(device.type)
+    if impl.name == impls.OP:
+        return "op", impl.fn
+    if ngram_impl == "op":
+        raise RuntimeError(f"--ngram-impl op requested but the op is unusable: {impl.how}")
+    return "oracle", impl.fn
 
 
 @dataclass

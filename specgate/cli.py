@@ -1,6 +1,9 @@
 """The `specgate` command line.
 
   specgate run                       kernel conformance (quick) + default scenarios vs refserver
+  specgate kernel --impl MODULE:FN   the kernel conformance suite against your implementation
+  specgate vectors export            the conformance vectors as JSON/YAML, for other frameworks
+  specgate init [--engine E] [DIR]   a starter scenario, baselines folder and CI job
   specgate baseline update SCEN...   re-measure, show the diff, write atomically if invariants hold
   specgate report                    re-render the last run (text, or markdown with --report FILE)
   specgate serve ARGS...             start refserver (python -m refserver ARGS...)
@@ -30,8 +33,8 @@ DEFAULT_TAG = "default"
 
 
 def _root(args: argparse.Namespace) -> Path:
-    """The folder holding scenarios/ (and tests/kernel): --root, else the source checkout, else
-    the current directory."""
+    """The folder holding scenarios/: --root, else the source checkout, else the current
+    directory."""
     if args.root:
         return Path(args.root).resolve()
     if (PROJECT_ROOT / "scenarios").is_dir():
@@ -69,7 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
         f"'{DEFAULT_TAG}' in scenarios/)",
     )
     run.add_argument("--report", default=None, metavar="FILE", help="also write markdown here")
+    run.add_argument(
+        "--junitxml", default=None, metavar="FILE", help="JUnit XML, one case per request"
+    )
     run.add_argument("--skip-kernel", action="store_true", help="skip the kernel conformance step")
+
+    from specgate import kernel, scaffold
+
+    kernel.add_parsers(sub)
+    scaffold.add_parser(sub)
 
     baseline = sub.add_parser("baseline", help="manage baselines")
     bsub = baseline.add_subparsers(dest="baseline_command", metavar="ACTION", required=True)
@@ -115,52 +126,28 @@ def _load(selectors: list[str], root: Path):
 # --- run --------------------------------------------------------------------------------------
 
 
-def _kernel_step(root: Path) -> bool:
-    tests = root / "tests" / "kernel"
-    if not tests.is_dir():
-        print(
-            f"kernel conformance: {tests} not found (specgate installed without its tests); "
-            "skipped",
-            flush=True,
-        )
-        return True
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-m",
-        "kernel",
-        "-q",
-        "--kernel-profile",
-        "quick",
-        "-p",
-        "no:cacheprovider",
-        str(tests),
-    ]
+def _kernel_step() -> bool:
+    """The packaged kernel suite, quick profile, default implementation, in a subprocess (its
+    pytest session is separate from the gate's servers). Any non-zero exit is a failure."""
+    command = [sys.executable, "-m", "specgate.cli", "kernel", "--profile", "quick"]
     print(f"kernel conformance (quick): {shlex.join(command)}", flush=True)
     started = time.monotonic()
-    code = subprocess.call(command, cwd=root)
-    ok = code in (0, 5)  # 5: no tests collected, e.g. while the kernel suite is being written
+    code = subprocess.call(command)
     print(
-        f"kernel conformance: {'passed' if ok else f'FAILED (pytest exit {code})'} in "
+        f"kernel conformance: {'passed' if code == 0 else f'FAILED (exit {code})'} in "
         f"{time.monotonic() - started:.0f} s",
         flush=True,
     )
-    return ok
-
-
-def _release_unneeded(pool, done, later) -> None:
-    """Stop the servers of `done` that no scenario in `later` uses (frees memory early)."""
-    needed = {spec.key() for s in later for spec in s.servers.values()}
-    for spec in done.servers.values():
-        if spec.key() not in needed:
-            pool.release(spec)
+    return code == 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from e2e import schedule
+    from e2e.junit import write_junit
     from e2e.report import render_markdown, render_text, save_results
-    from e2e.runner import check_baselines, run_scenario
+    from e2e.runner import check_baselines
     from e2e.server import ServerPool
+    from specgate.progress import append_step_summary
 
     root = _root(args)
     scenarios = _load(args.scenario, root)  # every input file is checked before any work
@@ -170,27 +157,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"no scenarios to run in {root / 'scenarios'}", file=sys.stderr)
         return 2
     check_baselines(scenarios)
-    kernel_ok = True if args.skip_kernel else _kernel_step(root)
+    kernel_ok = True if args.skip_kernel else _kernel_step()
     print(f"running {len(scenarios)} scenarios: {', '.join(s.name for s in scenarios)}", flush=True)
     results = []
     pool = ServerPool(CACHE_DIR / "logs", args.server_url)
+    plan = schedule.Schedule(pool)
     try:
-        # Scenarios that share a server configuration run back to back; each server is stopped
-        # once no later scenario needs it, so at most one refserver holds memory at a time.
-        order = sorted(scenarios, key=lambda s: [spec.key() for spec in s.servers.values()])
-        for i, scenario in enumerate(order):
-            result = run_scenario(scenario, pool)
+        order = schedule.order(scenarios)
+        plan.plan(order)
+        for scenario in order:
+            result = plan.run(scenario)
             print(f"  {result.status:7} {scenario.name} ({result.duration_s:.1f} s)", flush=True)
             results.append(result)
-            _release_unneeded(pool, scenario, order[i + 1 :])
     finally:
         pool.close()
     print()
     print(render_text(results))
     save_results(results, LAST_RUN)
+    markdown = render_markdown(results)
     if args.report:
-        Path(args.report).write_text(render_markdown(results), encoding="utf-8")
+        Path(args.report).write_text(markdown, encoding="utf-8")
         print(f"markdown report: {args.report}")
+    if args.junitxml:
+        write_junit(results, Path(args.junitxml))
+        print(f"JUnit XML: {args.junitxml}")
+    append_step_summary(markdown)
     scenarios_ok = all(r.status in ("passed", "skipped") for r in results)
     if not kernel_ok:
         print("FAILED: kernel conformance", file=sys.stderr)
@@ -209,7 +200,9 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
         write_baseline_atomic,
     )
     from e2e.runner import build_baseline, measure
+    from e2e.schedule import Schedule
     from e2e.server import ServerPool, ServerStartError
+    from specgate.progress import Progress
 
     root = _root(args)
     scenarios = _load(args.scenarios, root)
@@ -219,6 +212,9 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
             return 2
     failed = False
     pool = ServerPool(CACHE_DIR / "logs", args.server_url)
+    plan = Schedule(pool)
+    plan.plan(scenarios)
+    progress = Progress(len(scenarios), "baseline update")
     try:
         for scenario in scenarios:
             print(f"== {scenario.name} ({scenario.path})", flush=True)
@@ -234,7 +230,8 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
                 failed = True
                 continue
             outcomes = measure(scenario, endpoint)
-            _release_unneeded(pool, scenario, scenarios[scenarios.index(scenario) + 1 :])
+            plan.done(scenario)
+            progress.update(scenario.name)
             launched = scenario.server.command and not args.server_url
             command = shlex.join(scenario.server.command) if launched else None
             new = build_baseline(
@@ -268,6 +265,7 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
                 write_baseline_atomic(scenario.baseline, new)
                 print(f"wrote {scenario.baseline}")
     finally:
+        progress.close()
         pool.close()
     return 1 if failed else 0
 
@@ -313,10 +311,19 @@ def main(argv: list[str] | None = None) -> int:
     from e2e.scenario import ScenarioError
 
     _install_sigterm()
-    handlers = {"run": cmd_run, "report": cmd_report}
+    from specgate import kernel, scaffold
+
+    handlers = {
+        "run": cmd_run,
+        "report": cmd_report,
+        "kernel": kernel.cmd_kernel,
+        "init": scaffold.cmd_init,
+    }
     try:
         if args.command == "baseline":
             return cmd_baseline_update(args)
+        if args.command == "vectors":
+            return kernel.cmd_vectors_export(args)
         return handlers[args.command](args)
     except (ScenarioError, BaselineFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ def run_pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         sys.executable,
         "-m",
         "pytest",
-        str(REPO / "tests/e2e/test_e2e_scenarios.py"),
+        str(REPO / "specgate/e2e_suite/test_scenarios.py"),
         "-p",
         "no:cacheprovider",
         "-q",

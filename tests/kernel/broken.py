@@ -1,7 +1,7 @@
 """Deliberately broken hybrid_mtp_ngram implementations, one per bug class real engines shipped.
 
 Each is a complete implementation with the op's signature and exactly one bug, so
-``pytest -m kernel --impl tests.kernel.broken:<name>`` must fail. ``test_suite_catches_bugs``
+``specgate kernel --impl tests.kernel.broken:<name>`` must fail. ``test_suite_catches_bugs``
 runs the kernel suite against every one of them and checks that it does.
 
 They share one deliberately independent implementation (not the oracle's code) with a switch

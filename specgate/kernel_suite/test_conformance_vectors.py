@@ -30,12 +30,14 @@ def _explain(vector, got_drafts, got_lens) -> str:
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("vector", VECTORS, ids=[v.name for v in VECTORS])
-def test_vector(vector, impl, kernel_device):
+def test_vector(vector, impl, kernel_device, reproduce, request):
     drafts, lens = _run(impl.fn, vector, kernel_device)
     ok = torch.equal(drafts, vector.expected_draft_tokens) and torch.equal(
         lens, vector.expected_seq_lens_this_time
     )
-    assert ok, f"{impl.name}: " + _explain(vector, drafts, lens)
+    assert ok, (
+        f"{impl.name}: {_explain(vector, drafts, lens)}\nreproduce: {reproduce(request.node)}"
+    )
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v.name for v in VECTORS])

@@ -104,9 +104,7 @@ def test_valid_base_batch_is_accepted(impl, kernel_device, reproduce, request):
     batch = _base()
     mismatches = check(impl.fn, batch.to(kernel_device))
     if mismatches:
-        pytest.fail(
-            report(batch, mismatches, impl.name, reproduce(request.node.nodeid)), pytrace=False
-        )
+        pytest.fail(report(batch, mismatches, impl.name, reproduce(request.node)), pytrace=False)
     batch.run(oracle)
     # row 0: n=2 [2, 3] matches the prompt at 1 -> [4, 5]; row 1: n=1 [4] matches the prompt -> [3]
     assert batch.seq_lens_this_time.tolist() == [3, 3]

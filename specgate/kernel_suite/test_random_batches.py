@@ -33,7 +33,7 @@ def test_random_batch(random_case, impl, kernel_seed, kernel_device, reproduce, 
             f"--device {kernel_device}"
         )
         pytest.fail(
-            report(batch, mismatches, impl.name, reproduce(request.node.nodeid))
+            report(batch, mismatches, impl.name, reproduce(request.node))
             + f"\n       or: {standalone}",
             pytrace=False,
         )
