@@ -401,6 +401,23 @@ def test_health_answers_while_maximal_requests_are_prepared(hybrid_server):
     assert sorted(inside)[len(inside) // 2] < 0.25 * durations[len(durations) // 2]
 
 
+def test_checks_that_need_no_tokens_come_before_tokenizing(hybrid_server):
+    """A 1 MB prompt is refused for its model name, n or max_tokens, not for its length, and a
+    prompt whose bytes cannot fit the context is refused by its byte count, untokenized."""
+    big = [{"role": "user", "content": "word " * 200_000}]
+    cases = [
+        ({"model": "gpt-4", "messages": big}, "model", "does not exist"),
+        ({"model": MODEL, "messages": big, "n": 2}, "n", "n=2"),
+        ({"model": MODEL, "messages": big, "max_tokens": 5000}, "max_tokens", "max_tokens=5000"),
+        ({"model": MODEL, "messages": big}, "messages", "bytes: more than max_model_len - 1"),
+    ]
+    for body, param, says in cases:
+        r = requests.post(hybrid_server.url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 400, r.text[:200]
+        err = r.json()["error"]
+        assert err["param"] == param and says in err["message"], err
+
+
 def test_body_over_the_limit_is_413(hybrid_server):
     url = hybrid_server.url + "/v1/chat/completions"
     data = json.dumps({"model": MODEL, "messages": CHAT, "pad": "x" * (1 << 20)}).encode()
