@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from e2e.adapters import SPECULATE_FIELDS
+
 # Servers print floats rounded or as float32; consistency checks of derived ratios allow this.
 DERIVED_ABS_TOL = 5e-4
 
@@ -23,6 +25,8 @@ class Context:
     k: int | None
     max_tokens: int | None
     placement_errors: tuple[str, ...] = ()
+    # The raw response (e2e.client.Completion) for the checks that read its shape; None skips them.
+    completion: Any = None
 
 
 Check = Callable[[Context], list[str]]
@@ -146,6 +150,113 @@ def within_max_tokens(ctx: Context) -> list[str]:
     )
 
 
+# --- fastdeploy: the structural checks of FastDeploy's own e2e test (SPEC §3) ---------------
+# tests/e2e/test_ernie_21b_mtp_ngram.py upstream asserts these on the raw response; each holds
+# trivially when the response lacks what it reads (other checks report what is missing).
+
+
+def text_not_empty(ctx: Context) -> list[str]:
+    """The generated text is not empty."""
+    c = ctx.completion
+    return [] if c is None or c.text else ["the generated text is empty"]
+
+
+def usage_consistent(ctx: Context) -> list[str]:
+    """usage.total_tokens == prompt_tokens + completion_tokens >= ...; completion >= min_tokens."""
+    c = ctx.completion
+    if c is None or not isinstance(c.usage, dict):
+        return []
+    usage, out = c.usage, []
+    if all(isinstance(usage.get(k), int) for k in ("prompt_tokens", "completion_tokens")):
+        total = usage["prompt_tokens"] + usage["completion_tokens"]
+        if "total_tokens" in usage and usage["total_tokens"] != total:
+            out.append(
+                f"usage.total_tokens = {usage['total_tokens']} != prompt_tokens + "
+                f"completion_tokens = {total}"
+            )
+    min_tokens = c.request.body.get("min_tokens")
+    got = usage.get("completion_tokens")
+    if isinstance(min_tokens, int) and isinstance(got, int) and got < min_tokens:
+        out.append(f"usage.completion_tokens = {got} < min_tokens = {min_tokens}")
+    return out
+
+
+def metrics_before_usage(ctx: Context) -> list[str]:
+    """Streaming with include_usage: the last chunk is the usage chunk, and the one before it
+    (`chunks[-2]`, where FastDeploy's test reads them) carries speculate_metrics."""
+    c = ctx.completion
+    if c is None or not c.request.stream or c.body is not None:
+        return []
+    if not (c.request.body.get("stream_options") or {}).get("include_usage"):
+        return []
+    chunks = c.chunks
+    if not chunks or chunks[-1].get("choices") or not chunks[-1].get("usage"):
+        return ["the last chunk is not a usage-only chunk (choices [] with usage)"]
+    before = chunks[-2] if len(chunks) >= 2 else {}
+    choices = before.get("choices") or [{}]
+    if choices[0].get("speculate_metrics") is None:
+        return ["the chunk before the usage chunk (chunks[-2]) carries no speculate_metrics"]
+    return []
+
+
+def speculate_keys_exact(ctx: Context) -> list[str]:
+    """speculate_metrics holds exactly FastDeploy's six keys, no more and no fewer."""
+    metrics = _raw_speculate_metrics(ctx.completion)
+    if not isinstance(metrics, dict):
+        return []
+    missing = [k for k in SPECULATE_FIELDS if k not in metrics]
+    extra = sorted(set(metrics) - set(SPECULATE_FIELDS))
+    if not missing and not extra:
+        return []
+    return [f"speculate_metrics keys: missing {missing}, extra {extra}"]
+
+
+def logprobs_shape(ctx: Context) -> list[str]:
+    """A chat request with logprobs gets entries with token, logprob and at most top_logprobs
+    alternatives (in every chunk that carries logprobs, when streaming)."""
+    c = ctx.completion
+    if c is None or c.request.endpoint != "chat" or not c.request.body.get("logprobs"):
+        return []
+    top_n = c.request.body.get("top_logprobs") or 0
+    if c.body is not None:
+        blocks = [(c.body.get("choices") or [{}])[0].get("logprobs")]
+    else:
+        blocks = [
+            ch["choices"][0].get("logprobs")
+            for ch in c.chunks
+            if ch.get("choices") and ch["choices"][0].get("logprobs") is not None
+        ]
+    blocks = [b for b in blocks if b is not None]
+    if not blocks:
+        return ["logprobs were asked for and none came back"]
+    for b in blocks:
+        if not isinstance(b, dict) or "content" not in b:
+            return [f"a logprobs block has no 'content': {str(b)[:80]}"]
+        for item in b["content"] or []:
+            lacking = [k for k in ("token", "logprob", "top_logprobs") if k not in item]
+            if lacking:
+                return [f"a logprobs entry lacks {lacking}: {str(item)[:80]}"]
+            if len(item["top_logprobs"]) > top_n:
+                return [
+                    f"a logprobs entry has {len(item['top_logprobs'])} top_logprobs, more than "
+                    f"the {top_n} asked for"
+                ]
+    return []
+
+
+def _raw_speculate_metrics(c: Any) -> Any:
+    """speculate_metrics as sent: choices[0] of the body, or the last stream chunk carrying it."""
+    if c is None:
+        return None
+    if c.body is not None:
+        return (c.body.get("choices") or [{}])[0].get("speculate_metrics")
+    for chunk in reversed(c.chunks):
+        choices = chunk.get("choices") or [{}]
+        if choices[0].get("speculate_metrics") is not None:
+            return choices[0]["speculate_metrics"]
+    return None
+
+
 # --- vllm -------------------------------------------------------------------------------------
 
 
@@ -222,6 +333,11 @@ INVARIANTS: dict[str, dict[str, Check]] = {
         "ratios_consistent": ratios_consistent,
         "metrics_placement": metrics_placement,
         "within_max_tokens": within_max_tokens,
+        "text_not_empty": text_not_empty,
+        "usage_consistent": usage_consistent,
+        "metrics_before_usage": metrics_before_usage,
+        "speculate_keys_exact": speculate_keys_exact,
+        "logprobs_shape": logprobs_shape,
     },
     "vllm": {
         "per_pos": vllm_per_pos,

@@ -123,6 +123,7 @@ def _outcome(
         scenario.speculative_tokens,
         _max_tokens(request),
         tuple(measurement.placement_errors),
+        completion=result,
     )
     failures = check_invariants(scenario.adapter, ctx, scenario.invariants)
     return RequestOutcome(

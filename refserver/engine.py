@@ -15,6 +15,10 @@ One engine thread owns the model. Each `step()`:
 
 Requests come from other threads through `submit()`; results go back through each request's
 `sink` callback, called on the engine thread.
+
+One request can never hurt another: the API validates every parameter, and whatever still raises
+inside a step fails only the request it belongs to (`finish_reason="error"` with the message).
+A batched forward or draft that raises is retried row by row, so the rows that work go on.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -59,10 +64,11 @@ class StepOutput:
     token_ids: list[int]
     text: str
     logprobs: list[TokenLogprob] | None
-    finish_reason: str | None = None  # "stop" | "length" | "abort" once finished
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" once finished
     metrics: dict[str, object] | None = None  # speculate_metrics, on the finishing output only
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative
+    error: str | None = None  # with finish_reason "error": what failed, for the client
 
 
 @dataclass
@@ -76,6 +82,7 @@ class Request:
 
 
 _request_counter = itertools.count()
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -196,12 +203,11 @@ class Engine:
                     return
             try:
                 self.step()
-            except Exception:  # a bug must not hang every client: fail the batch, keep serving
-                log.exception("engine step failed; aborting the running requests")
+            except Exception as exc:  # a bug outside any one request: answer everyone, go on
+                log.exception("engine step failed outside any one request")
                 for s in self._slots:
                     if s is not None:
-                        s.req.sink(StepOutput([], "", None, finish_reason="abort"))
-                self._slots = [None] * len(self._slots)
+                        self._fail(s.req, exc, s.slot)
 
     def generate(self, requests: Sequence[Request]) -> None:
         """Run `requests` to completion on the calling thread (tests, benchmarks, offline use)."""
@@ -236,15 +242,19 @@ class Engine:
             if req.cancelled:
                 continue
             seed = req.params.seed if req.params.seed is not None else self._rng.getrandbits(63)
-            seq = _Sequence(
-                req=req,
-                slot=free[0],
-                metrics=RequestMetrics(self.K),
-                generator=torch.Generator().manual_seed(seed),
-                detokenizer=IncrementalDecoder(self.tokenizer),
-            )
-            self._slots[seq.slot] = seq
-            item = self._prefill(seq)
+            try:
+                seq = _Sequence(
+                    req=req,
+                    slot=free[0],
+                    metrics=RequestMetrics(self.K),
+                    generator=torch.Generator().manual_seed(seed),
+                    detokenizer=IncrementalDecoder(self.tokenizer),
+                )
+                self._slots[seq.slot] = seq
+                item = self._prefill(seq)
+            except Exception as exc:
+                self._fail(req, exc, free[0])
+                continue
             if item is not None:
                 admitted.append(item)
 
@@ -263,9 +273,56 @@ class Engine:
             return None
         return seq, MTPInput(seq.slot, hidden[0], [*ids[1:], seq.last_token], 0)
 
+    def _fail(self, req: Request, exc: Exception, slot: int | None) -> None:
+        """End one request with an error response and free its slot; no other row is touched."""
+        log.error("%s failed: %s: %s", req.request_id, type(exc).__name__, exc, exc_info=exc)
+        if slot is not None and self._slots[slot] is not None and self._slots[slot].req is req:
+            self._slots[slot] = None
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            req.sink(StepOutput([], "", None, finish_reason="error", error=error))
+        except Exception:  # the client side is gone (e.g. its event loop closed)
+            log.exception("%s: could not deliver the error", req.request_id)
+
+    def _in_groups(
+        self, phase: Callable[[list[_Sequence]], _T], rows: list[_Sequence]
+    ) -> list[tuple[list[_Sequence], _T]]:
+        """`phase` over all rows at once; if that raises, over each row alone, failing only the
+        rows that raise alone. Phases passed here change nothing but their rows' own cache
+        positions (rewritten identically on retry), so a retry is safe."""
+        try:
+            return [(rows, phase(rows))]
+        except Exception as exc:
+            if len(rows) == 1:
+                self._fail(rows[0].req, exc, rows[0].slot)
+                return []
+            log.warning("batched %s raised %r; retrying row by row", phase.__name__, exc)
+        groups = []
+        for s in rows:
+            try:
+                groups.append(([s], phase([s])))
+            except Exception as exc:
+                self._fail(s.req, exc, s.slot)
+        return groups
+
     def _verify(self, rows: list[_Sequence]) -> list[tuple[_Sequence, MTPInput]]:
+        """One target forward over every row's draft, then acceptance row by row."""
         if not rows:
             return []
+        out = []
+        for group, (hidden, logits, argmax) in self._in_groups(self._forward, rows):
+            for b, s in enumerate(group):
+                try:
+                    item = self._accept_row(s, hidden[b], logits[b], argmax[b])
+                except Exception as exc:
+                    self._fail(s.req, exc, s.slot)
+                    continue
+                if item is not None:
+                    out.append(item)
+        return out
+
+    def _forward(self, rows: list[_Sequence]) -> tuple[Tensor, Tensor, list[list[int]]]:
+        """(hidden, logits, argmax) of `[last token, drafts...]` for every row, padded to T."""
         T = 1 + max(len(s.drafts) for s in rows)
         tokens = torch.zeros((len(rows), T), dtype=torch.long)
         positions = torch.zeros((len(rows), T), dtype=torch.long)
@@ -279,18 +336,20 @@ class Engine:
         dev = self.device
         hidden = self.model(tokens.to(dev), positions.to(dev), self.cache, slots.to(dev))
         logits = self.model.logits(hidden)  # [B, T, V] float32
-        argmax = logits.argmax(-1).tolist()  # one host copy for the batch's greedy rows
-        out = []
-        for b, s in enumerate(rows):
-            n = 1 + len(s.drafts)
-            accepted, emitted = self._accept(s, logits[b, :n], s.drafts, argmax[b])
-            start = s.kv_len
-            s.kv_len += accepted + 1  # last token + accepted drafts are now valid in the cache
-            num_drafts, s.drafts = len(s.drafts), []
-            self._emit(s, emitted, logits[b, :n], num_drafts)
-            if not s.finished:
-                out.append((s, MTPInput(s.slot, hidden[b, : accepted + 1], emitted, start)))
-        return out
+        return hidden, logits, logits.argmax(-1).tolist()  # one host copy for the greedy rows
+
+    def _accept_row(
+        self, s: _Sequence, hidden: Tensor, logits: Tensor, argmax: list[int]
+    ) -> tuple[_Sequence, MTPInput] | None:
+        n = 1 + len(s.drafts)
+        accepted, emitted = self._accept(s, logits[:n], s.drafts, argmax)
+        start = s.kv_len
+        s.kv_len += accepted + 1  # last token + accepted drafts are now valid in the cache
+        num_drafts, s.drafts = len(s.drafts), []
+        self._emit(s, emitted, logits[:n], num_drafts)
+        if s.finished:
+            return None
+        return s, MTPInput(s.slot, hidden[: accepted + 1], emitted, start)
 
     def _accept(
         self, seq: _Sequence, logits: Tensor, drafts: list[int], argmax: list[int] | None = None
@@ -376,26 +435,31 @@ class Engine:
         """Next drafts for every row that goes on: MTP first, then the n-gram extension."""
         if self.K == 0:
             return
-        seqs = [s for s, _ in items]
-        mtp_drafts: list[list[int]] = [[] for _ in seqs]
-        if self.mtp is not None:
-            mtp_drafts = self.mtp.draft([inp for _, inp in items], self.spec.mtp_steps)
-        if self.ngram is not None:
-            rows = [
-                DraftRow(
-                    prompt=s.req.prompt_ids,
-                    generated=s.out_ids,
-                    mtp_drafts=d,
-                    max_tokens=s.req.params.max_tokens,
-                    kv_len=s.kv_len,
-                )
-                for s, d in zip(seqs, mtp_drafts, strict=True)
-            ]
-            mtp_drafts = self.ngram.extend(rows)
-        for s, d in zip(seqs, mtp_drafts, strict=True):
-            # Drafts past max_tokens could never be emitted; verifying them is wasted work.
-            room = s.req.params.max_tokens - len(s.out_ids) - 1
-            s.drafts = list(d[: min(self.K, max(room, 0))])
+        inputs = {id(s): inp for s, inp in items}
+
+        def draft_rows(seqs: list[_Sequence]) -> list[list[int]]:
+            drafts: list[list[int]] = [[] for _ in seqs]
+            if self.mtp is not None:
+                drafts = self.mtp.draft([inputs[id(s)] for s in seqs], self.spec.mtp_steps)
+            if self.ngram is not None:
+                rows = [
+                    DraftRow(
+                        prompt=s.req.prompt_ids,
+                        generated=s.out_ids,
+                        mtp_drafts=d,
+                        max_tokens=s.req.params.max_tokens,
+                        kv_len=s.kv_len,
+                    )
+                    for s, d in zip(seqs, drafts, strict=True)
+                ]
+                drafts = self.ngram.extend(rows)
+            return drafts
+
+        for group, drafts in self._in_groups(draft_rows, [s for s, _ in items]):
+            for s, d in zip(group, drafts, strict=True):
+                # Drafts past max_tokens could never be emitted; verifying them is wasted work.
+                room = s.req.params.max_tokens - len(s.out_ids) - 1
+                s.drafts = list(d[: min(self.K, max(room, 0))])
 
 
 def _draft_vocab(config: EngineConfig) -> int:

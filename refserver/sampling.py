@@ -40,8 +40,10 @@ def target_probs(logits: Tensor, temperature: float, top_p: float) -> Tensor:
     if top_p >= 1.0:
         return probs
     sorted_p, order = probs.sort(dim=-1, descending=True)
-    # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+    # Keep the smallest prefix whose mass reaches top_p, and always the top token: a top_p that
+    # rounds to 0 in float32 would otherwise keep nothing (and sampling would divide 0 by 0).
     keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < top_p
+    keep_sorted[..., 0] = True
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
     probs = probs * keep
     return probs / probs.sum(-1, keepdim=True)

@@ -67,6 +67,8 @@ class Tokenizer:
         )
         self.special_ids = frozenset(vocab[s] for s in special)
         self._pieces = list(tokens)
+        # The longest text one token can stand for: a prompt of n bytes has >= n / this tokens.
+        self.max_token_bytes = max(len(self.token_bytes(i)) for i in range(len(tokens)))
         self.vocab_size = len(tokens)
         self.bos_id = bos_id
         self.eos_id = eos_id
@@ -105,8 +107,11 @@ class Tokenizer:
         )
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; special-token strings inside it map to their ids."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+        """Token ids of `text`; special-token strings inside it map to their ids.
+
+        Through `encode_batch`, which releases the GIL while it works (`encode` holds it): the
+        server tokenizes in a worker thread, and a long prompt must not stall the event loop."""
+        return self._tok.encode_batch([text], add_special_tokens=False)[0].ids
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special)

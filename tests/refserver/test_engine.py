@@ -212,3 +212,63 @@ def test_op_and_oracle_draft_the_same(model_and_tokenizer, chat_prompts):
         assert engine.ngram.impl == impl
         by_impl[impl] = [(r.token_ids, r.metrics) for r in run(engine, chat_prompts[:2], params)]
     assert by_impl["op"] == by_impl["oracle"]
+
+
+def _hybrid_alone(model_and_tokenizer, prompts, params) -> list[Result]:
+    """Each prompt alone on a fresh hybrid engine: the reference for the isolation tests."""
+    return [run(make_engine(model_and_tokenizer, HYBRID), [p], params)[0] for p in prompts]
+
+
+def test_a_request_that_raises_at_admission_fails_alone(model_and_tokenizer, chat_prompts):
+    """Issue 10: a seed torch cannot take (2**70) once aborted every running request and left its
+    own unanswered. Parameters the API would refuse are sent to the engine directly here."""
+    good = SamplingParams(max_tokens=16, temperature=0)
+    alone = _hybrid_alone(model_and_tokenizer, chat_prompts, good)
+    engine = make_engine(model_and_tokenizer, HYBRID)
+    bad = [
+        SamplingParams(max_tokens=16, temperature=0.7, seed=2**70),
+        SamplingParams(max_tokens=16, temperature=0.7, seed=-(2**70)),
+    ]
+    # good, bad, good, bad, good: the bad ones are admitted between innocent rows.
+    params = [good, bad[0], good, bad[1], good]
+    prompts = [chat_prompts[0], chat_prompts[1], chat_prompts[1], chat_prompts[2], chat_prompts[2]]
+    outs: list[list[StepOutput]] = [[] for _ in params]
+    engine.generate(
+        [
+            Request(p, sp, outs[i].append)
+            for i, (p, sp) in enumerate(zip(prompts, params, strict=True))
+        ]
+    )
+    for i in (1, 3):
+        [only] = outs[i]
+        assert only.finish_reason == "error" and "Overflow" in only.error, only
+    for i, ref in zip((0, 2, 4), alone, strict=True):
+        r = Result(
+            "".join(o.text for o in outs[i]), [t for o in outs[i] for t in o.token_ids], outs[i]
+        )
+        assert r.finish_reason == "length" and r.text == ref.text
+        assert r.metrics is not None
+        check_invariants(r, engine.K)
+    assert not engine.has_work() and engine.num_running == 0
+
+
+def test_a_row_that_breaks_the_batched_forward_fails_alone(model_and_tokenizer, chat_prompts):
+    """A bug that only one row triggers (here: a draft token outside the vocabulary, planted
+    between steps) fails that row; the batch is retried row by row and the others go on."""
+    good = SamplingParams(max_tokens=20, temperature=0)
+    alone = _hybrid_alone(model_and_tokenizer, chat_prompts, good)
+    engine = make_engine(model_and_tokenizer, HYBRID)
+    outs: list[list[StepOutput]] = [[] for _ in chat_prompts]
+    for i, p in enumerate(chat_prompts):
+        engine.submit(Request(p, good, outs[i].append))
+    engine.step()  # admits and prefills all three
+    victim = engine._slots[1]
+    assert victim is not None and victim.req.prompt_ids == chat_prompts[1]
+    victim.drafts = [engine.tokenizer.vocab_size + 10]
+    while engine.has_work():
+        engine.step()
+    assert outs[1][-1].finish_reason == "error" and "index" in outs[1][-1].error.lower()
+    for i in (0, 2):
+        text = "".join(o.text for o in outs[i])
+        assert outs[i][-1].finish_reason == "length" and text == alone[i].text
+        assert outs[i][-1].metrics is not None

@@ -28,6 +28,17 @@ def test_top_p_keeps_smallest_nucleus():
     assert target_probs(logits, 1.0, 0.01)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("top_p", [1e-46, 5e-324])
+def test_top_p_that_rounds_to_zero_in_float32_keeps_the_top_token(top_p):
+    """Issue 10: a positive top_p below float32's smallest subnormal once masked every token,
+    and sampling from 0/0 raised inside the engine."""
+    assert torch.tensor(top_p, dtype=torch.float32).item() == 0.0
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]]))
+    p = target_probs(logits, 1.0, top_p)
+    assert p[0].tolist() == [0.0, 1.0, 0.0]
+    assert verify_sampling(p, [], torch.Generator().manual_seed(0)) == (0, [1])
+
+
 def test_speculative_sampling_is_lossless():
     """With any point-mass draft, the first emitted token is distributed exactly as p."""
     seed = 1234

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import socket
 import threading
 import time
 
@@ -239,3 +240,264 @@ def test_sigterm_drains_in_flight_requests_and_exits_cleanly(tmp_path):
     finally:
         server.terminate()
     assert "Application shutdown complete" in server.log_path.read_text()
+
+
+# ------------------------------------------------------------------ issue 10: hostile input
+
+
+def _chat_stream(url: str, body: dict) -> dict:
+    """One streaming chat request over plain HTTP: text, finish reason, metrics, chunk list."""
+    out = {"text": "", "finish": None, "metrics": None, "chunks": [], "done_at": None}
+    with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=300) as r:
+        assert r.status_code == 200, r.text
+        for line in r.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            out["chunks"].append(chunk)
+            for c in chunk.get("choices") or []:
+                out["text"] += c["delta"].get("content") or ""
+                out["finish"] = c.get("finish_reason") or out["finish"]
+                out["metrics"] = c.get("speculate_metrics") or out["metrics"]
+    out["done_at"] = time.monotonic()
+    return out
+
+
+BAD_PARAMETERS = [  # (name, extra body fields, the param the 400 must name)
+    ("seed 2**70", {"seed": 2**70, "temperature": 0.7}, "seed"),
+    ("seed -(2**70)", {"seed": -(2**70), "temperature": 0.7}, "seed"),
+    ("top_p 1e-46 (0 in float32)", {"top_p": 1e-46, "temperature": 1.0}, "top_p"),
+    ("top_p 5e-324", {"top_p": 5e-324, "temperature": 1.0}, "top_p"),
+    ("temperature 1e999 (inf)", {"temperature": 1e999}, "temperature"),
+    ("max_tokens 2**70", {"max_tokens": 2**70}, "max_tokens"),
+    ("min_tokens -1", {"min_tokens": -1}, "min_tokens"),
+]
+
+
+def test_bad_parameters_while_streams_run_fail_alone(hybrid_server):
+    """Issue 10 item 1: each bad value gets a 400 naming it, and three streams that run
+    meanwhile complete with their speculate_metrics and the same text as alone."""
+    url = hybrid_server.url
+    streams = [
+        {"model": MODEL, "messages": [{"role": "user", "content": f"Count from {i} to {i + 40}."}],
+         "max_tokens": 120, "min_tokens": 120, "temperature": 0, "stream": True}
+        for i in range(3)
+    ]  # fmt: skip
+    alone = [_chat_stream(url, body) for body in streams]
+    results: dict[int, dict] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, _chat_stream(url, streams[i])))
+        for i in range(3)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while prometheus(url)["vllm:num_requests_running"] < 3:  # all three are in the engine
+        assert time.monotonic() < deadline, "the three streams never ran together"
+        time.sleep(0.05)
+    answered = []
+    for name, extra, param in BAD_PARAMETERS:
+        body = {"model": MODEL, "messages": CHAT, "max_tokens": 8, **extra}
+        data = json.dumps(body).replace("Infinity", "1e999")
+        r = requests.post(
+            url + "/v1/chat/completions", data=data, timeout=30,
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        assert r.status_code == 400, (name, r.text)
+        err = r.json()["error"]
+        assert err["param"] == param and param in err["message"], (name, err)
+        answered.append(time.monotonic())
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(results) == [0, 1, 2]
+    for i in range(3):
+        got, ref = results[i], alone[i]
+        assert got["done_at"] > answered[-1], "a stream ended before the bad requests were sent"
+        assert got["finish"] == "length" and got["metrics"] is not None
+        assert got["text"] == ref["text"]
+        check_metrics(got["metrics"], 120)
+
+
+def _open_nonstreaming(url: str, body: dict) -> socket.socket:
+    """A real HTTP/1.1 client that sends a request and will hang up without reading."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+        f"\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+def test_non_streaming_clients_that_disconnect_are_cancelled(hybrid_server):
+    """Issue 10 item 2: four non-streaming clients hang up mid-generation; their slots are freed
+    at the next engine step, and none of them runs to its 1500 tokens."""
+    url = hybrid_server.url
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 1500, "min_tokens": 1500}
+    before = prometheus(url)
+    socks = [_open_nonstreaming(url, body) for _ in range(4)]
+    deadline = time.monotonic() + 120
+    while prometheus(url)["vllm:num_requests_running"] < 4:
+        assert time.monotonic() < deadline, "the four requests never ran together"
+        time.sleep(0.05)
+    for s in socks:
+        s.close()
+    closed = time.monotonic()
+    while prometheus(url)["vllm:num_requests_running"] != 0:
+        assert time.monotonic() < closed + 60, "a disconnected request still holds its slot"
+        time.sleep(0.05)
+    freed_after = time.monotonic() - closed
+    after = prometheus(url)
+    generated = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+    print(f"4 disconnected non-streaming requests freed {freed_after:.2f} s after the hang-up, "
+          f"{generated:.0f} tokens generated in all")  # fmt: skip
+    assert after["vllm:request_success_total"] == before["vllm:request_success_total"]
+    assert generated < 4 * 1500
+
+
+def test_health_answers_while_maximal_requests_are_prepared(hybrid_server):
+    """Issue 10 item 3: parsing, templating and tokenizing run off the event loop. Requests at
+    the body limit (1 MiB, a prompt as long as the byte bound lets through to the tokenizer) are
+    sent back to back while /health is polled. Had the preparation run on the loop, a poll
+    arriving during one would wait for the rest of it; the assertion compares the polls with
+    the requests' own duration (a ratio, so it holds on a slow or loaded machine) and prints
+    the absolute numbers."""
+    url = hybrid_server.url
+    limit = 1 << 20
+    prompt = "lorem ipsum dolor sit amet, " * (2047 * 81 // 28 - 40)  # just under the byte bound
+    body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "pad": ""}
+    body["pad"] = "x" * (limit - len(json.dumps(body)))
+    data = json.dumps(body).encode()
+    assert len(data) == limit
+    spans: list[tuple[float, float]] = []
+
+    def send_big() -> None:
+        for _ in range(4):
+            start = time.monotonic()
+            r = requests.post(url + "/v1/chat/completions", data=data, timeout=300,
+                              headers={"Content-Type": "application/json"})  # fmt: skip
+            spans.append((start, time.monotonic()))
+            assert r.status_code == 400 and "tokens, longer than the context" in r.text, r.text
+
+    sender = threading.Thread(target=send_big)
+    sender.start()
+    polls: list[tuple[float, float]] = []
+    while sender.is_alive():
+        start = time.monotonic()
+        assert requests.get(url + "/health", timeout=60).status_code == 200
+        polls.append((start, time.monotonic()))
+        time.sleep(0.005)
+    sender.join()
+    # Polls sent while a big request was in flight, and how long each took to be answered.
+    inside = [e - s for s, e in polls if any(a <= s <= b for a, b in spans)]
+    durations = sorted(b - a for a, b in spans)
+    print(f"{len(inside)} /health polls inside 4 requests of {limit} bytes "
+          f"(each {durations[0] * 1000:.0f}-{durations[-1] * 1000:.0f} ms): worst "
+          f"{max(inside, default=0) * 1000:.1f} ms, median "
+          f"{sorted(inside)[len(inside) // 2] * 1000 if inside else 0:.1f} ms")  # fmt: skip
+    assert len(inside) >= 4, "no /health poll overlapped a big request"
+    assert sorted(inside)[len(inside) // 2] < 0.25 * durations[len(durations) // 2]
+
+
+def test_checks_that_need_no_tokens_come_before_tokenizing(hybrid_server):
+    """A 1 MB prompt is refused for its model name, n or max_tokens, not for its length, and a
+    prompt whose bytes cannot fit the context is refused by its byte count, untokenized."""
+    big = [{"role": "user", "content": "word " * 200_000}]
+    cases = [
+        ({"model": "gpt-4", "messages": big}, "model", "does not exist"),
+        ({"model": MODEL, "messages": big, "n": 2}, "n", "n=2"),
+        ({"model": MODEL, "messages": big, "max_tokens": 5000}, "max_tokens", "max_tokens=5000"),
+        ({"model": MODEL, "messages": big}, "messages", "bytes: more than max_model_len - 1"),
+    ]
+    for body, param, says in cases:
+        r = requests.post(hybrid_server.url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 400, r.text[:200]
+        err = r.json()["error"]
+        assert err["param"] == param and says in err["message"], err
+
+
+def test_body_over_the_limit_is_413(hybrid_server):
+    url = hybrid_server.url + "/v1/chat/completions"
+    data = json.dumps({"model": MODEL, "messages": CHAT, "pad": "x" * (1 << 20)}).encode()
+    declared = requests.post(
+        url, data=data, timeout=30, headers={"Content-Type": "application/json"}
+    )
+    chunked = requests.post(url, data=iter([data[:1000], data[1000:]]), timeout=30)
+    for r in (declared, chunked):
+        assert r.status_code == 413, r.text
+        err = r.json()["error"]
+        assert err["code"] == 413 and "--max-request-bytes" in err["message"]
+
+
+PARSE_ERRORS = [  # (raw body, text the message must contain, param)
+    (b"{not json", "not valid JSON", "body"),
+    (b'{"model": "x", "messages": "\xff\xfe"}', "not valid UTF-8", "body"),
+    (b"\xed\xa0\x80", "not valid UTF-8", "body"),  # a surrogate, UTF-8 encoded
+    (
+        json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "a\ud800b"}]}
+        ).encode(),
+        "lone surrogate U+D800",
+        "messages[0].content",
+    ),
+    (b'{"model": "x", "messages": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "nested", "body"),
+    (b'{"model": "x", "messages": [], "temperature": NaN}', "NaN", "body"),
+    (b'{"model": "x", "messages": [], "seed": ' + b"9" * 5000 + b"}", "digits", "body"),
+    (b"[]", "JSON object", "body"),
+    (b"", "not valid JSON", "body"),
+]
+
+
+@pytest.mark.parametrize(("raw", "named", "param"), PARSE_ERRORS, ids=lambda v: str(v)[:24])
+def test_parse_errors_get_the_openai_error_shape(hybrid_server, raw, named, param):
+    r = requests.post(hybrid_server.url + "/v1/chat/completions", data=raw, timeout=30,
+                      headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert named in err["message"] and err["param"] == param, err
+    assert err["type"] == "invalid_request_error" and err["code"] == 400
+
+
+def test_unknown_paths_and_methods_get_the_openai_error_shape(hybrid_server):
+    for method, path, code in [("POST", "/v1/nothing", 404), ("GET", "/v1/chat/completions", 405)]:
+        r = requests.request(method, hybrid_server.url + path, timeout=30)
+        assert r.status_code == code
+        assert r.json()["error"]["code"] == code and path in r.json()["error"]["message"]
+
+
+def test_openapi_documents_what_the_server_returns(hybrid_server):
+    spec = requests.get(hybrid_server.url + "/openapi.json", timeout=30).json()
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        op = spec["paths"][path]["post"]
+        assert sorted(op["responses"]) == ["200", "400", "413", "500"], op["responses"]
+        ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.rsplit("/", 1)[1] in spec["components"]["schemas"]
+    codes = {c for p in spec["paths"].values() for op in p.values() for c in op["responses"]}
+    assert "422" not in codes
+
+
+# ------------------------------------------------------------------ issue 12: FastDeploy's names
+
+
+def test_model_default_and_continuous_usage_stats(hybrid_server):
+    """FastDeploy's e2e test sends "model": "default" and asks for usage on every chunk."""
+    body = {
+        "model": "default", "messages": CHAT, "max_tokens": 12, "min_tokens": 4, "temperature": 0,
+        "stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }  # fmt: skip
+    out = _chat_stream(hybrid_server.url, body)
+    chunks = out["chunks"]
+    assert all("usage" in c for c in chunks)
+    completion = [c["usage"]["completion_tokens"] for c in chunks]
+    assert completion == sorted(completion) and completion[0] == 0
+    final = chunks[-1]
+    assert final["choices"] == [] and final["usage"]["completion_tokens"] == 12
+    assert chunks[-2]["choices"][0]["speculate_metrics"]["accepted_tokens"] == 12
+    for c in chunks:
+        u = c["usage"]
+        assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    plain = dict(body, stream=False, stream_options=None)
+    r = requests.post(hybrid_server.url + "/v1/chat/completions", json=plain, timeout=120)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == out["text"]
