@@ -5,13 +5,18 @@ a baseline is only written when every invariant holds.
 Each check takes a Context and returns a list of violation messages (empty when it holds). K is
 `num_speculative_tokens` when the scenario knows it (from `speculative_tokens` or the server's
 `--speculative-config`); checks that need K and do not have it derive it from the lists' lengths.
+The engine-specific checks live with their adapter (e2e/adapters/<engine>.py); this module holds
+the Context, the checks every engine shares, and the lookup by adapter name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from e2e.adapters import AcceptanceRecord
 
 # Servers print floats rounded or as float32; consistency checks of derived ratios allow this.
 DERIVED_ABS_TOL = 5e-4
@@ -23,110 +28,15 @@ class Context:
     k: int | None
     max_tokens: int | None
     placement_errors: tuple[str, ...] = ()
+    record: AcceptanceRecord | None = None  # the fields as the common record (SPEC §2.1)
 
 
 Check = Callable[[Context], list[str]]
 
 
-def _need(ctx: Context, *names: str) -> list[str]:
+def need(ctx: Context, *names: str) -> list[str]:
+    """The names among `names` that the fields lack (a check without its inputs does not apply)."""
     return [n for n in names if n not in ctx.fields]
-
-
-# --- fastdeploy: SPEC §2's three, then consistency of the derived fields --------------------
-
-
-def per_head_length(ctx: Context) -> list[str]:
-    """len(accepted_tokens_per_head) == K + 1 (SPEC §2)."""
-    if _need(ctx, "accepted_tokens_per_head") or ctx.k is None:
-        return []
-    n = len(ctx.fields["accepted_tokens_per_head"])
-    return (
-        []
-        if n == ctx.k + 1
-        else [f"len(accepted_tokens_per_head) = {n}, expected K+1 = {ctx.k + 1}"]
-    )
-
-
-def per_head_non_increasing(ctx: Context) -> list[str]:
-    """The per-head counts never increase (SPEC §2)."""
-    if _need(ctx, "accepted_tokens_per_head"):
-        return []
-    heads = ctx.fields["accepted_tokens_per_head"]
-    bad = [i for i in range(len(heads) - 1) if heads[i + 1] > heads[i]]
-    return [f"accepted_tokens_per_head increases at head {i + 1}: {heads}" for i in bad[:1]]
-
-
-def accepted_consistent(ctx: Context) -> list[str]:
-    """accepted_tokens == sum(accepted_tokens_per_head) == usage.completion_tokens (SPEC §2)."""
-    f = ctx.fields
-    out = []
-    if not _need(ctx, "accepted_tokens", "accepted_tokens_per_head"):
-        total = sum(f["accepted_tokens_per_head"])
-        if f["accepted_tokens"] != total:
-            out.append(
-                f"accepted_tokens = {f['accepted_tokens']} != sum(accepted_tokens_per_head) "
-                f"= {total}"
-            )
-    if not _need(ctx, "accepted_tokens", "completion_tokens") and (
-        f["accepted_tokens"] != f["completion_tokens"]
-    ):
-        out.append(
-            f"accepted_tokens = {f['accepted_tokens']} != usage.completion_tokens = "
-            f"{f['completion_tokens']}"
-        )
-    return out
-
-
-def rejected_consistent(ctx: Context) -> list[str]:
-    """rejected_tokens == steps * (K+1) - accepted_tokens, steps = accepted_tokens_per_head[0]."""
-    if _need(ctx, "rejected_tokens", "accepted_tokens", "accepted_tokens_per_head"):
-        return []
-    heads = ctx.fields["accepted_tokens_per_head"]
-    if not heads:
-        return []
-    k = ctx.k if ctx.k is not None else len(heads) - 1
-    expected = heads[0] * (k + 1) - ctx.fields["accepted_tokens"]
-    got = ctx.fields["rejected_tokens"]
-    return (
-        []
-        if got == expected
-        else [
-            f"rejected_tokens = {got}, expected steps*(K+1) - accepted = {heads[0]}*{k + 1} - "
-            f"{ctx.fields['accepted_tokens']} = {expected}"
-        ]
-    )
-
-
-def ratios_consistent(ctx: Context) -> list[str]:
-    """accept_ratio, average_accept_length and accept_ratio_per_head follow from the counts."""
-    f = ctx.fields
-    if _need(ctx, "accepted_tokens", "accepted_tokens_per_head"):
-        return []
-    heads, accepted = f["accepted_tokens_per_head"], f["accepted_tokens"]
-    steps = heads[0] if heads else 0
-    out = []
-
-    def check(name: str, got: float, expected: float) -> None:
-        if abs(got - expected) > DERIVED_ABS_TOL:
-            out.append(f"{name} = {got:.6g}, expected {expected:.6g} from the counts")
-
-    if "accept_ratio" in f:
-        check("accept_ratio", f["accept_ratio"], 1 - steps / accepted if accepted else 0.0)
-    if "average_accept_length" in f and steps:
-        check("average_accept_length", f["average_accept_length"], accepted / steps)
-    if "accept_ratio_per_head" in f:
-        ratios = f["accept_ratio_per_head"]
-        if len(ratios) != len(heads) - 1:
-            out.append(
-                f"len(accept_ratio_per_head) = {len(ratios)}, expected "
-                f"len(accepted_tokens_per_head) - 1 = {len(heads) - 1}"
-            )
-        else:
-            for i, got in enumerate(ratios):
-                check(
-                    f"accept_ratio_per_head[{i}]", got, heads[i + 1] / heads[i] if heads[i] else 0.0
-                )
-    return out
 
 
 def metrics_placement(ctx: Context) -> list[str]:
@@ -146,98 +56,36 @@ def within_max_tokens(ctx: Context) -> list[str]:
     )
 
 
-# --- vllm -------------------------------------------------------------------------------------
-
-
-def vllm_per_pos(ctx: Context) -> list[str]:
-    """Per-position accepted counts: K positions, never increasing, summing to num_accepted."""
-    f = ctx.fields
-    if _need(ctx, "accepted_tokens_per_pos", "num_accepted_tokens"):
+def acceptance_record(ctx: Context) -> list[str]:
+    """The common record (SPEC §2.1) is consistent: no negative counts, no more accepted than
+    proposed, per-position counts that never increase and sum to the accepted count; with K
+    known, at most K positions and at most K draft tokens per draft."""
+    record = ctx.record
+    if record is None:
         return []
-    pos = f["accepted_tokens_per_pos"]
-    out = []
-    if ctx.k is not None and pos and len(pos) != ctx.k:
-        out.append(f"len(accepted_tokens_per_pos) = {len(pos)}, expected K = {ctx.k}")
-    if any(pos[i + 1] > pos[i] for i in range(len(pos) - 1)):
-        out.append(f"accepted_tokens_per_pos increases: {pos}")
-    if pos and sum(pos) != f["num_accepted_tokens"]:
-        out.append(
-            f"sum(accepted_tokens_per_pos) = {sum(pos)} != num_accepted_tokens = "
-            f"{f['num_accepted_tokens']}"
-        )
+    out = record.problems()
+    pos = record.accepted_per_position
+    if ctx.k is not None and pos is not None and len(pos) > ctx.k:
+        out.append(f"{len(pos)} accepted positions, more than K = {ctx.k}")
+    drafts, proposed = record.num_drafts, record.num_draft_tokens
+    if (
+        ctx.k is not None
+        and drafts is not None
+        and proposed is not None
+        and proposed > drafts * ctx.k
+    ):
+        out.append(f"num_draft_tokens = {proposed} > num_drafts*K = {drafts * ctx.k}")
     return out
 
 
-def vllm_counts(ctx: Context) -> list[str]:
-    """accepted <= draft tokens <= drafts*K; accepted < completion tokens; no negative deltas."""
-    f = ctx.fields
-    if _need(ctx, "num_drafts", "num_draft_tokens", "num_accepted_tokens"):
-        return []
-    out = []
-    if min(f["num_drafts"], f["num_draft_tokens"], f["num_accepted_tokens"]) < 0:
-        out.append("a counter went backwards during the request (server restarted?)")
-    if f["num_accepted_tokens"] > f["num_draft_tokens"]:
-        out.append(
-            f"num_accepted_tokens = {f['num_accepted_tokens']} > num_draft_tokens = "
-            f"{f['num_draft_tokens']}"
-        )
-    if ctx.k is not None and f["num_draft_tokens"] > f["num_drafts"] * ctx.k:
-        out.append(
-            f"num_draft_tokens = {f['num_draft_tokens']} > num_drafts*K = {f['num_drafts'] * ctx.k}"
-        )
-    tokens = f.get("completion_tokens")
-    if tokens is not None and tokens > 0 and f["num_accepted_tokens"] >= tokens:
-        out.append(
-            f"num_accepted_tokens = {f['num_accepted_tokens']} >= completion_tokens = "
-            f"{tokens} (another request ran at the same time?)"
-        )
-    return out
+def _adapter_checks(adapter: str) -> dict[str, Check]:
+    from e2e.adapters import get_adapter
 
-
-# --- sglang -----------------------------------------------------------------------------------
-
-
-def sglang_verify_count(ctx: Context) -> list[str]:
-    """1 <= completion_tokens / spec_verify_ct <= K + 1."""
-    f = ctx.fields
-    if _need(ctx, "spec_verify_ct", "completion_tokens") or not f["completion_tokens"]:
-        return []
-    verify, tokens = f["spec_verify_ct"], f["completion_tokens"]
-    if verify <= 0:
-        return [f"spec_verify_ct = {verify} for {tokens} completion tokens"]
-    out = []
-    if verify > tokens:
-        out.append(f"spec_verify_ct = {verify} > completion_tokens = {tokens}")
-    if ctx.k is not None and tokens > verify * (ctx.k + 1):
-        out.append(f"completion_tokens = {tokens} > spec_verify_ct*(K+1) = {verify * (ctx.k + 1)}")
-    return out
-
-
-INVARIANTS: dict[str, dict[str, Check]] = {
-    "fastdeploy": {
-        "per_head_length": per_head_length,
-        "per_head_non_increasing": per_head_non_increasing,
-        "accepted_consistent": accepted_consistent,
-        "rejected_consistent": rejected_consistent,
-        "ratios_consistent": ratios_consistent,
-        "metrics_placement": metrics_placement,
-        "within_max_tokens": within_max_tokens,
-    },
-    "vllm": {
-        "per_pos": vllm_per_pos,
-        "counts": vllm_counts,
-        "metrics_placement": metrics_placement,
-        "within_max_tokens": within_max_tokens,
-    },
-    "sglang": {
-        "verify_count": sglang_verify_count,
-        "within_max_tokens": within_max_tokens,
-    },
-}
+    return dict(get_adapter(adapter).invariants)
 
 
 def invariant_names(adapter: str) -> set[str]:
-    return set(INVARIANTS[adapter])
+    return set(_adapter_checks(adapter))
 
 
 def check_invariants(
@@ -245,7 +93,7 @@ def check_invariants(
 ) -> list[str]:
     """Every violated invariant as 'name: message'; `selected` None means all of the adapter's."""
     out = []
-    for name, check in INVARIANTS[adapter].items():
+    for name, check in _adapter_checks(adapter).items():
         if selected is None or name in selected:
             out.extend(f"{name}: {message}" for message in check(ctx))
     return out
