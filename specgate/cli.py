@@ -207,7 +207,7 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
         write_baseline_atomic,
     )
     from e2e.runner import build_baseline, measure
-    from e2e.server import ServerPool, ServerStartError
+    from e2e.server import ServerPool, ServerStartError, describe_server
 
     root = _root(args)
     scenarios = _load(args.scenarios, root)
@@ -232,14 +232,12 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
                 failed = True
                 continue
             outcomes = measure(scenario, endpoint)
-            _release_unneeded(pool, scenario, scenarios[scenarios.index(scenario) + 1 :])
-            launched = scenario.server.command and not args.server_url
-            command = shlex.join(scenario.server.command) if launched else None
-            new = build_baseline(
-                scenario,
-                outcomes,
-                collect_provenance(scenario.path, scenario.hash, command, endpoint.url),
+            provenance = collect_provenance(
+                scenario.path, scenario.hash, endpoint.masked_command, endpoint.url
             )
+            provenance.update(describe_server(endpoint))  # while the server still runs
+            _release_unneeded(pool, scenario, scenarios[scenarios.index(scenario) + 1 :])
+            new = build_baseline(scenario, outcomes, provenance)
             try:
                 old = load_baseline(scenario.baseline)
             except BaselineError as exc:
