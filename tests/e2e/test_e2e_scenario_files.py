@@ -54,7 +54,12 @@ def with_change(path_keys: list, value: object) -> dict:
     ("keys", "value", "key_text", "expected_text"),
     [
         (["kind"], "benchmark", "'kind'", "one of ['metrics', 'lossless']"),
-        (["adapter"], "trt", "'adapter'", "one of ['fastdeploy', 'llamacpp', 'sglang', 'trtllm', 'vllm']"),
+        (
+            ["adapter"],
+            "trt",
+            "'adapter'",
+            "one of ['fastdeploy', 'llamacpp', 'sglang', 'trtllm', 'vllm']",
+        ),
         (["server", "command"], "python -m x", "'server.command'", "a list of strings"),
         (["server", "command"], ["python", "-m", "x"], "'server.command'", "{port}"),
         (["server", "startup_timeout"], -5, "'server.startup_timeout'", "a positive number"),
