@@ -86,3 +86,17 @@ def test_compare_without_a_baseline_is_an_error_naming_the_file(tmp_path: Path, 
         column_from_baseline(load_scenario(path))
     assert main(["compare", str(path)]) == 1
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_vllm_cpu_scenario_skips_loudly_until_set_up(tmp_path: Path) -> None:
+    """The same file run from a checkout without .venv-vllm: the reason names the missing file
+    and the command that sets it up."""
+    text = (SCENARIOS / "vllm-cpu-ngram.yaml").read_text()
+    prompts = REPO / "refserver" / "assets" / "prompts" / "heldout.jsonl"
+    (tmp_path / "scenarios").mkdir()
+    path = tmp_path / "scenarios" / "vllm-cpu-ngram.yaml"
+    path.write_text(text.replace("../refserver/assets/prompts/heldout.jsonl", str(prompts)))
+    assert load_scenario(path).skip_reason() == (
+        "vllm-cpu-ngram: the server cannot run here: command '.venv-vllm/bin/python' is not "
+        f"installed (no such file in {tmp_path}); set it up with `make vllm-cpu`"
+    )
