@@ -314,3 +314,65 @@ def test_record_problems_and_totals() -> None:
     assert any(
         "num_draft_tokens = 7 > num_drafts*K = 6" in f for f in check_invariants("vllm", ctx)
     )
+
+
+# A stand-in for trtllm-serve (none runs here): /v1/chat/completions answers and queues the
+# iteration stats of that request, /metrics hands the queue out and empties it, as
+# trtllm-serve's get_stats_async does. It checks the adapter's drain-then-sum protocol.
+_TRT_SERVER = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+def it(i, d, a):
+    return {"iter": i, "specDecodingStats": {"numDraftTokens": d, "numAcceptedTokens": a,
+            "numRequestsWithDraftTokens": 1, "acceptanceLength": 1.0 + a, "iterLatencyMS": 1.0,
+            "draftOverhead": 0.1}}
+queue = [it(0, 3, 2)]  # an earlier request's iteration: the adapter must drain it first
+class H(BaseHTTPRequestHandler):
+    def _send(self, body):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+    def do_GET(self):
+        global queue
+        if self.path == "/metrics":
+            out, queue = queue, []
+            self._send(out)
+        else:
+            self._send({})
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        queue.extend([it(1, 3, 3), it(2, 3, 1), it(3, 3, 0)])
+        self._send({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                    "finish_reason": "length"}], "usage": {"completion_tokens": 8}})
+    def log_message(self, *a):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_trtllm_adapter_drains_then_sums_through_the_runner(tmp_path: Path) -> None:
+    from e2e.runner import measure
+    from e2e.scenario import load_scenario
+    from e2e.server import ServerProcess
+
+    path = tmp_path / "trt.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "name": "trt",
+                "adapter": "trtllm",
+                "speculative_tokens": 3,
+                "server": {"command": ["{python}", "-c", _TRT_SERVER, "{port}"]},
+                "requests": [{"id": "a", "messages": MESSAGES, "max_tokens": 8}],
+                "baseline": "trt-baseline.yaml",
+            }
+        )
+    )
+    scenario = load_scenario(path)
+    with ServerProcess(scenario.server, tmp_path) as server:
+        (outcome,) = measure(scenario, server.endpoint())
+    assert outcome.error is None and outcome.invariant_failures == []
+    assert outcome.fields["numDraftTokens"] == 9 and outcome.fields["numAcceptedTokens"] == 4
+    assert outcome.record["num_drafts"] == 3  # not 4: the earlier request's iteration was drained
+    assert outcome.record["mean_acceptance_length"] == pytest.approx(1 + 4 / 3)
