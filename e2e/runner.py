@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2e.adapters import AcceptanceRecord, Adapter, AdapterError, Measurement, get_adapter
+from e2e.adapters import Adapter, AdapterError, Measurement, get_adapter
 from e2e.baseline import Baseline, BaselineError, check_fresh, load_baseline
 from e2e.client import Completion, RequestError, send
 from e2e.compare import MISSING, Row, compare_request
@@ -162,17 +162,6 @@ def measure(scenario: Scenario, endpoint: Endpoint) -> list[RequestOutcome]:
         _outcome(scenario, r, res, adapter, endpoint)
         for r, res in zip(scenario.requests, results, strict=True)
     ]
-
-
-def records(
-    scenario: Scenario, fields_by_request: dict[str, dict[str, Any]]
-) -> dict[str, AcceptanceRecord]:
-    """The common acceptance record of each request, from native fields (measured or stored)."""
-    adapter = get_adapter(scenario.adapter)
-    return {
-        rid: adapter.record(fields, scenario.speculative_tokens)
-        for rid, fields in fields_by_request.items()
-    }
 
 
 def build_baseline(
