@@ -242,7 +242,17 @@ def diff_baselines(old: Baseline | None, new: Baseline) -> str:
     lines = []
     if old.scenario_hash != new.scenario_hash:
         lines.append(f"scenario hash: {old.scenario_hash[:19]} -> {new.scenario_hash[:19]}")
-    for key in ("git_commit", "host", "device", "torch", "python", "server_command"):
+    for key in (
+        "git_commit",
+        "host",
+        "device",
+        "torch",
+        "python",
+        "server_command",
+        "served_models",
+        "engine_version",
+        "server_device",
+    ):
         if old.provenance.get(key) != new.provenance.get(key):
             lines.append(
                 f"provenance.{key}: {old.provenance.get(key)!r} -> {new.provenance.get(key)!r}"

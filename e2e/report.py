@@ -58,9 +58,11 @@ def _provenance_line(result: ScenarioResult) -> str | None:
     p = result.baseline_provenance
     if not p:
         return None
+    engine = f", engine {p['engine_version']}" if "engine_version" in p else ""
     return (
         f"baseline: {result.baseline_path} (measured {p.get('date')}, commit "
-        f"{str(p.get('git_commit'))[:12]}, {p.get('device')}, torch {p.get('torch')})"
+        f"{str(p.get('git_commit'))[:12]}, {p.get('server_device', p.get('device'))}{engine}, "
+        f"harness torch {p.get('torch')})"
     )
 
 

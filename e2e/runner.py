@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2e import adapters
-from e2e.adapters import AdapterError, Measurement
+from e2e.adapters import Adapter, AdapterError, Measurement, get_adapter
 from e2e.baseline import (
     Baseline,
     BaselineError,
@@ -42,6 +41,7 @@ class RequestOutcome:
     invariant_failures: list[str] = field(default_factory=list)
     error: str | None = None
     latency_s: float = 0.0
+    record: dict[str, Any] | None = None  # the common acceptance record (SPEC §2.1), as a dict
 
 
 @dataclass
@@ -108,58 +108,65 @@ def _max_tokens(request: RequestSpec) -> int | None:
 
 
 def _outcome(
-    scenario: Scenario, request: RequestSpec, result: Completion | Exception, measure_one: Any
+    scenario: Scenario,
+    request: RequestSpec,
+    result: Completion | Exception,
+    adapter: Adapter,
+    endpoint: Endpoint,
+    before: Any = None,
 ) -> RequestOutcome:
     if isinstance(result, Exception):
         return RequestOutcome(request.id, error=str(result))
     try:
-        measurement: Measurement = measure_one(result)
+        measurement: Measurement = adapter.measure(result, endpoint, before)
     except AdapterError as exc:
         return RequestOutcome(
             request.id, text=result.text, error=str(exc), latency_s=result.latency_s
         )
+    record = adapter.record(measurement.fields, scenario.speculative_tokens)
     ctx = Context(
         measurement.fields,
         scenario.speculative_tokens,
         _max_tokens(request),
         tuple(measurement.placement_errors),
+        record,
         completion=result,
     )
     failures = check_invariants(scenario.adapter, ctx, scenario.invariants)
     return RequestOutcome(
-        request.id, measurement.fields, result.text, failures, latency_s=result.latency_s
+        request.id,
+        measurement.fields,
+        result.text,
+        failures,
+        latency_s=result.latency_s,
+        record=record.to_dict(),
     )
 
 
 def measure(scenario: Scenario, endpoint: Endpoint) -> list[RequestOutcome]:
-    """Send every request of a metrics scenario and read its metrics through the adapter."""
-    if scenario.adapter == "vllm":
+    """Send every request of a metrics scenario and read its metrics through the adapter.
+
+    A sequential adapter (server-wide counters) reads its state before each request, sent
+    alone; the others measure each response on its own, so requests go in waves.
+    """
+    adapter = get_adapter(scenario.adapter)
+    if adapter.sequential:
         outcomes = []
-        for request in scenario.requests:  # alone: the counters are server-wide
+        for request in scenario.requests:
             try:
-                before = adapters.settled_counters(endpoint.metrics_url)
+                before = adapter.prepare(endpoint)
                 result: Completion | Exception = send(
                     endpoint.url, request, scenario.request_timeout
                 )
-                after = adapters.settled_counters(endpoint.metrics_url)
             except (RequestError, AdapterError) as exc:
-                result = exc
-                before = after = None
-            outcomes.append(
-                _outcome(
-                    scenario,
-                    request,
-                    result,
-                    lambda c, b=before, a=after: adapters.vllm_measure(c, b, a),
-                )
-            )
+                result, before = exc, None
+            outcomes.append(_outcome(scenario, request, result, adapter, endpoint, before))
         return outcomes
     results = _send_all(
         endpoint.url, scenario.requests, scenario.concurrency, scenario.request_timeout
     )
-    measure_one = adapters.MEASURE[scenario.adapter]
     return [
-        _outcome(scenario, r, res, measure_one)
+        _outcome(scenario, r, res, adapter, endpoint)
         for r, res in zip(scenario.requests, results, strict=True)
     ]
 

@@ -29,7 +29,6 @@ from e2e import request_fields
 from e2e.yaml_loader import YAMLFileError, load_yaml
 
 KINDS = ("metrics", "lossless")
-ADAPTERS = ("fastdeploy", "vllm", "sglang")
 ENDPOINTS = ("chat", "completion", "generate")
 # Request keys the harness interprets itself; the others make the JSON body (e2e.request_fields).
 _REQUEST_META_KEYS = {"id", "endpoint", "messages_from", "repeat"}
@@ -89,6 +88,8 @@ class ServerSpec:
     # sha256 of files the server's behaviour depends on (e.g. draft-head weights), by the path
     # written in the scenario: part of the scenario hash, so new weights make the baseline stale.
     fingerprint: dict[str, str] = field(default_factory=dict)
+    # What a person runs to make the command available; quoted in the skip reason.
+    setup: str | None = None
 
     def key(self) -> str:
         """Identity used to share one launched server between scenarios with the same config."""
@@ -105,7 +106,12 @@ class ServerSpec:
         )
 
     def hash_payload(self) -> dict[str, Any]:
-        payload: dict[str, Any] = {"command": self.command, "env": self.env}
+        """The command and env with {env:NAME} filled in (a model switch through the environment
+        makes the baseline stale); ports and {python} stay placeholders, as they change per run
+        and per machine without changing what is measured."""
+        command = tuple(expand_env(w) for w in self.command) if self.command else None
+        env = {k: expand_env(v) for k, v in self.env.items()}
+        payload: dict[str, Any] = {"command": command, "env": env}
         if self.fingerprint:
             payload["fingerprint"] = self.fingerprint
         return payload
@@ -115,8 +121,12 @@ class ServerSpec:
         if self.command is None:
             return None
         program = self.command[0]
-        if not _PLACEHOLDER.fullmatch(program) and shutil.which(program) is None:
-            return f"command {program!r} is not installed (not found on PATH)"
+        if not _PLACEHOLDER.fullmatch(program) and _find_program(program, self.cwd) is None:
+            where = (
+                "not found on PATH" if "/" not in program else f"no such file in {self.cwd or '.'}"
+            )
+            hint = f"; set it up with `{self.setup}`" if self.setup else ""
+            return f"command {program!r} is not installed ({where}){hint}"
         for module in self.requires_modules:
             if importlib.util.find_spec(module) is None:
                 return f"Python module {module!r} is not installed"
@@ -139,6 +149,26 @@ class ServerSpec:
                     if name not in names:
                         names.append(name)
         return names
+
+
+def _find_program(program: str, cwd: str | None) -> str | None:
+    """Where `program` runs from: a relative path with a '/' is taken from the server's cwd,
+    as Popen does; a bare name is looked up on PATH."""
+    if "/" in program and cwd and not os.path.isabs(program):
+        return shutil.which(os.path.join(cwd, program))
+    return shutil.which(program)
+
+
+def expand_env(text: str) -> str:
+    """Fill {env:NAME} placeholders whose variable is set; leave every other placeholder."""
+
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(1)
+        if token.startswith("env:") and token[4:] in os.environ:
+            return os.environ[token[4:]]
+        return match.group(0)
+
+    return _PLACEHOLDER.sub(replace, text)
 
 
 def substitute(text: str, ports: dict[str, int], python: str) -> str:
@@ -340,6 +370,8 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     kind = top.get("kind", str, "metrics")
     if kind not in KINDS:
         raise top.error("kind", f"one of {list(KINDS)}", kind)
+    from e2e.adapters import ADAPTERS
+
     adapter = top.get("adapter", str, "fastdeploy")
     if adapter not in ADAPTERS:
         raise top.error("adapter", f"one of {list(ADAPTERS)}", adapter)
@@ -367,11 +399,11 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
 
     requests = _read_requests(top, path, adapter)
     concurrency = top.positive_int("concurrency", 1)
-    if adapter == "vllm" and concurrency != 1:
+    if ADAPTERS[adapter].sequential and concurrency != 1:
         raise top.error(
             "concurrency",
-            "1 with the vllm adapter (its per-request values are "
-            "counter deltas around a request sent alone)",
+            f"1 with the {adapter} adapter (its per-request values are "
+            "server-wide counter deltas around a request sent alone)",
             concurrency,
         )
     request_timeout = float(top.positive_number("request_timeout", 120.0))
@@ -455,6 +487,7 @@ def _read_server(reader: _Reader) -> ServerSpec:
             "requires_modules",
             "cwd",
             "fingerprint",
+            "setup",
         ]
     )
     data = reader.mapping()
@@ -507,6 +540,7 @@ def _read_server(reader: _Reader) -> ServerSpec:
         requires_modules=tuple(str(m) for m in modules),
         cwd=cwd,
         fingerprint=fingerprint,
+        setup=reader.get("setup", str, None),
     )
 
 

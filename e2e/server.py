@@ -5,7 +5,12 @@ reach it directly), with stdout+stderr in a log file. Health is polled until a d
 process that exits during startup fails at once instead of after the deadline. Teardown sends
 SIGTERM to the group, then SIGKILL after a grace period, and also kills descendants that started
 their own session. A watchdog (e2e._reaper) kills the group if this process dies without running
-teardown. Every failure message carries the tail of the server log.
+teardown. Every failure message carries the first error and traceback lines of the server log
+and its tail: engines like vLLM print the root cause above a long shutdown traceback.
+
+`describe_server` records what was measured, for baseline provenance: the command as run (ports
+masked), the model ids the server serves, its version where it has an endpoint for it (vLLM's
+/version), and the device it computes on, seen from the outside.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -31,20 +38,66 @@ from e2e.scenario import ServerSpec, substitute
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 40
+FIRST_ERROR_LINES = 25
 HOST = "127.0.0.1"
+# A line that starts an error report: a Python traceback, or a log record of level ERROR/CRITICAL.
+_ERROR_START = re.compile(r"Traceback \(most recent call last\)|\b(ERROR|CRITICAL|FATAL)\b")
 
 
 class ServerStartError(RuntimeError):
     """The server died or never became healthy; the message includes the command and log tail."""
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+def _strip_prefix(line: str, prefix: str) -> str:
+    return line[len(prefix) :] if prefix and line.startswith(prefix) else line
+
+
+def first_error(text: str, max_lines: int = FIRST_ERROR_LINES) -> str | None:
+    """The first error report in a log, None when there is none.
+
+    It starts at the first ERROR/CRITICAL/FATAL record or traceback and runs through the
+    traceback's exception line when a traceback follows within two lines. Engines that prefix
+    every line of a subprocess (vLLM's '(EngineCore pid=N) ') are handled by comparing lines
+    without the prefix of the traceback's first line. A block longer than max_lines keeps its
+    first lines and the exception line."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if _ERROR_START.search(line)), None)
+    if start is None:
+        return None
+    traceback_at = next(
+        (j for j in range(start, min(start + 3, len(lines))) if "Traceback (most" in lines[j]),
+        None,
+    )
+    if traceback_at is None:
+        return "\n".join(lines[start : start + max_lines])
+    prefix = lines[traceback_at][: lines[traceback_at].index("Traceback (most")]
+    end = len(lines) - 1
+    for j in range(traceback_at + 1, len(lines)):
+        body = _strip_prefix(lines[j], prefix)
+        # The exception line: the first unindented line after the frames.
+        if body and not body[:1].isspace() and j > traceback_at + 1:
+            end = j
+            break
+    block = lines[start : end + 1]
+    if len(block) > max_lines:
+        block = [*block[: max_lines - 2], "    ...", block[-1]]
+    return "\n".join(block)
+
+
+def log_excerpt(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The first error report of the log (when it is not already in the tail), then the tail."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return "(no log)"
     tail = text.splitlines()[-lines:]
-    return "\n".join(tail) if tail else "(log is empty)"
+    tail_text = "\n".join(tail) if tail else "(log is empty)"
+    error = first_error(text)
+    if error and error.splitlines()[0] not in tail:
+        return (
+            f"--- first error in the log ---\n{error}\n--- last {lines} log lines ---\n{tail_text}"
+        )
+    return f"--- last {lines} log lines ---\n{tail_text}"
 
 
 @dataclass
@@ -55,6 +108,8 @@ class Endpoint:
     metrics_url: str
     command: str | None = None
     log_path: Path | None = None
+    masked_command: str | None = None  # the command as run, with {port} for its ports
+    pid: int | None = None
 
 
 @dataclass
@@ -81,7 +136,21 @@ class ServerProcess:
         metrics_url = (
             substitute(metrics, self.ports, sys.executable) if metrics else self.url + "/metrics"
         )
-        return Endpoint(self.url, metrics_url, shlex.join(self.argv), self.log_path)
+        return Endpoint(
+            self.url,
+            metrics_url,
+            shlex.join(self.argv),
+            self.log_path,
+            masked_command=self.masked_command(),
+            pid=self._proc.pid if self._proc is not None else None,
+        )
+
+    def masked_command(self) -> str:
+        """The command after {env:...} and {python} expansion, its ports shown as placeholders
+        (they change on every run without changing what is measured)."""
+        placeholders = {name: "{port}" if not name else f"{{port:{name}}}" for name in self.ports}
+        words = [substitute(w, placeholders, sys.executable) for w in self.spec.command or ()]
+        return shlex.join(words)
 
     def start(self) -> Endpoint:
         if self.spec.command is None:
@@ -167,10 +236,10 @@ class ServerProcess:
             time.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
 
     def _failure(self, what: str) -> str:
-        tail = log_tail(self.log_path) if self.log_path else "(no log)"
+        excerpt = log_excerpt(self.log_path) if self.log_path else "(no log)"
         return (
             f"server {self.name!r} {what}\n  command: {shlex.join(self.argv)}\n"
-            f"  log: {self.log_path}\n--- last {LOG_TAIL_LINES} log lines ---\n{tail}"
+            f"  log: {self.log_path}\n{excerpt}"
         )
 
     def failure_context(self) -> str:
@@ -237,6 +306,78 @@ def _terminate_tree(proc: subprocess.Popen[bytes], grace_s: float) -> None:
         psutil.wait_procs(alive, timeout=5)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
+
+
+_ACCELERATOR_FILES = ("/dev/nvidia", "/dev/kfd", "/dev/accel", "/dev/dri/renderD")
+
+
+def _cpu_description() -> str:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def server_device(pid: int | None) -> str:
+    """The device a launched server computes on, seen from outside its process tree: an
+    accelerator when one of its processes maps a GPU device file, the host's CPU otherwise."""
+    if pid is None:
+        return "unknown (not launched by this run)"
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return "unknown (server process gone)"
+    for proc in tree:
+        try:
+            maps = Path(f"/proc/{proc.pid}/maps").read_text(errors="replace")
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            path = line.split()[-1] if line.split() else ""
+            if path.startswith(_ACCELERATOR_FILES):
+                return f"accelerator: {path} mapped by pid {proc.pid}"
+    return f"cpu: {_cpu_description()}"
+
+
+def _get_json(url: str) -> tuple[object | None, str]:
+    try:
+        response = requests.get(url, timeout=5)
+    except requests.RequestException as exc:
+        return None, type(exc).__name__
+    if response.status_code != 200:
+        return None, f"HTTP {response.status_code}"
+    try:
+        return response.json(), ""
+    except ValueError:
+        return None, "not JSON"
+
+
+def describe_server(endpoint: Endpoint) -> dict[str, object]:
+    """What was measured, for provenance: the command as run (ports masked), the model ids of
+    /v1/models, the engine version from /version where the server has it, and its device."""
+    models, problem = _get_json(endpoint.url + "/v1/models")
+    data = models.get("data") if isinstance(models, dict) else None
+    served = (
+        [m.get("id") for m in data if isinstance(m, dict)]
+        if isinstance(data, list)
+        else f"unavailable (GET /v1/models: {problem or 'no data list'})"
+    )
+    version, problem = _get_json(endpoint.url + "/version")
+    engine_version = (
+        str(version["version"])
+        if isinstance(version, dict) and "version" in version
+        else f"unavailable (GET /version: {problem or 'no version key'})"
+    )
+    return {
+        "server_command": endpoint.masked_command or f"(running server at {endpoint.url})",
+        "served_models": served,
+        "engine_version": engine_version,
+        "server_device": server_device(endpoint.pid),
+    }
 
 
 class ServerPool:

@@ -6,6 +6,7 @@
   specgate init [--engine E] [DIR]   a starter scenario, baselines folder and CI job
   specgate baseline update SCEN...   re-measure, show the diff, write atomically if invariants hold
   specgate report                    re-render the last run (text, or markdown with --report FILE)
+  specgate compare SCEN...           acceptance records (SPEC §2.1) side by side, across engines
   specgate serve ARGS...             start refserver (python -m refserver ARGS...)
 
 Exit codes: 0 all passed, 1 a check failed, 2 bad usage or a malformed scenario, baseline or
@@ -90,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
         "scenarios", nargs="+", metavar="SCENARIO", help="scenario names or YAML paths"
     )
     update.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
+
+    compare = sub.add_parser(
+        "compare",
+        help="one table of acceptance records (SPEC §2.1) across scenarios: engines or configs",
+    )
+    common(compare)
+    compare.add_argument(
+        "scenarios", nargs="+", metavar="SCENARIO", help="scenario names or YAML paths"
+    )
+    compare.add_argument(
+        "--measure",
+        action="store_true",
+        help="launch the servers and measure now (default: read each scenario's baseline)",
+    )
+    compare.add_argument("--markdown", default=None, metavar="FILE", help="also write it here")
 
     report = sub.add_parser("report", help="show the report of the last run")
     report.add_argument(
@@ -201,7 +217,7 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
     )
     from e2e.runner import build_baseline, measure
     from e2e.schedule import Schedule
-    from e2e.server import ServerPool, ServerStartError
+    from e2e.server import ServerPool, ServerStartError, describe_server
     from specgate.progress import Progress
 
     root = _root(args)
@@ -230,15 +246,13 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
                 failed = True
                 continue
             outcomes = measure(scenario, endpoint)
+            provenance = collect_provenance(
+                scenario.path, scenario.hash, endpoint.masked_command, endpoint.url
+            )
+            provenance.update(describe_server(endpoint))  # while the server still runs
             plan.done(scenario)
             progress.update(scenario.name)
-            launched = scenario.server.command and not args.server_url
-            command = shlex.join(scenario.server.command) if launched else None
-            new = build_baseline(
-                scenario,
-                outcomes,
-                collect_provenance(scenario.path, scenario.hash, command, endpoint.url),
-            )
+            new = build_baseline(scenario, outcomes, provenance)
             try:
                 old = load_baseline(scenario.baseline)
             except BaselineError as exc:
@@ -268,6 +282,61 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
         progress.close()
         pool.close()
     return 1 if failed else 0
+
+
+# --- compare ----------------------------------------------------------------------------------
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The reviewer's table: every request of every scenario as the common acceptance record."""
+    from e2e.acceptance import column, column_from_baseline, render_markdown, render_text
+    from e2e.baseline import BaselineError
+    from e2e.runner import measure
+    from e2e.schedule import Schedule
+    from e2e.server import ServerPool, ServerStartError
+
+    scenarios = _load(args.scenarios, _root(args))
+    for scenario in scenarios:
+        if scenario.kind != "metrics":
+            print(f"{scenario.path}: a {scenario.kind} scenario has no metrics", file=sys.stderr)
+            return 2
+    columns = []
+    pool = ServerPool(CACHE_DIR / "logs", args.server_url)
+    plan = Schedule(pool)
+    plan.plan(scenarios)
+    try:
+        for scenario in scenarios:
+            if not args.measure:
+                try:
+                    columns.append(column_from_baseline(scenario))
+                except BaselineError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
+                continue
+            reason = None if args.server_url else scenario.skip_reason()
+            if reason:
+                print(f"cannot measure: {reason}", file=sys.stderr)
+                return 1
+            try:
+                endpoint = pool.endpoint(scenario.server, name=scenario.name)
+            except ServerStartError as exc:
+                print(str(exc), file=sys.stderr)
+                return 1
+            outcomes = measure(scenario, endpoint)
+            plan.done(scenario)
+            failed = [o for o in outcomes if o.error]
+            for o in failed:
+                print(f"{scenario.name}: request {o.request_id}: {o.error}", file=sys.stderr)
+            if failed:
+                return 1
+            columns.append(column(scenario, {o.request_id: o.fields for o in outcomes}))
+    finally:
+        pool.close()
+    print(render_text(columns))
+    if args.markdown:
+        Path(args.markdown).write_text(render_markdown(columns) + "\n", encoding="utf-8")
+        print(f"markdown table: {args.markdown}")
+    return 0
 
 
 # --- report / serve ---------------------------------------------------------------------------
@@ -316,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "run": cmd_run,
         "report": cmd_report,
+        "compare": cmd_compare,
         "kernel": kernel.cmd_kernel,
         "init": scaffold.cmd_init,
     }

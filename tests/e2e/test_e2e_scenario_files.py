@@ -4,7 +4,6 @@ hashing behave as documented."""
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import pytest
@@ -55,7 +54,12 @@ def with_change(path_keys: list, value: object) -> dict:
     ("keys", "value", "key_text", "expected_text"),
     [
         (["kind"], "benchmark", "'kind'", "one of ['metrics', 'lossless']"),
-        (["adapter"], "trt", "'adapter'", "one of ['fastdeploy', 'vllm', 'sglang']"),
+        (
+            ["adapter"],
+            "trt",
+            "'adapter'",
+            "one of ['fastdeploy', 'llamacpp', 'sglang', 'trtllm', 'vllm']",
+        ),
         (["server", "command"], "python -m x", "'server.command'", "a list of strings"),
         (["server", "command"], ["python", "-m", "x"], "'server.command'", "{port}"),
         (["server", "startup_timeout"], -5, "'server.startup_timeout'", "a positive number"),
@@ -234,13 +238,17 @@ def test_every_committed_scenario_loads() -> None:
             assert scenario.speculative_tokens, path  # K known, so per_head_length is checked
 
 
-@pytest.mark.skipif(shutil.which("vllm") is not None, reason="vllm is installed here")
-def test_real_engine_examples_skip_with_a_clear_reason_when_not_installed() -> None:
+def test_real_engine_examples_skip_with_a_clear_reason_when_not_installed(monkeypatch) -> None:
     folder = Path(__file__).resolve().parents[2] / "scenarios" / "examples"
+    monkeypatch.delenv("VLLM_PYTHON", raising=False)
     vllm = load_scenario(folder / "vllm-ngram.yaml")
     assert vllm.skip_reason() == (
-        "vllm-ngram: the server cannot run here: command 'vllm' is not installed (not found on PATH)"
+        "vllm-ngram: the server cannot run here: environment variable VLLM_PYTHON is not set"
     )
+    # Runs on CPU as shipped: fixed dtype (auto would pick bf16 there) and the KV cache size the
+    # CPU build needs to start.
+    assert vllm.server.command[vllm.server.command.index("--dtype") + 1] == "float32"
+    assert vllm.server.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     fastdeploy = load_scenario(folder / "fastdeploy-ernie-21b-hybrid.yaml")
     if importlib.util.find_spec("fastdeploy") is None:
         assert "Python module 'fastdeploy' is not installed" in fastdeploy.skip_reason()
