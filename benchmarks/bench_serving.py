@@ -5,7 +5,7 @@
     pytest -m benchmark benchmarks/test_bench_serving.py -s    # the --quick variant, checked
 
 Defaults: bfloat16, 2 torch threads per server and for the peer (see "Threads" below), all six
-configurations of tests/refserver/helpers.py:SPEC_CONFIGS, concurrency 1 and 8, 4 repetitive
+configurations of refserver/presets.py:SPEC_CONFIGS, concurrency 1 and 8, 4 repetitive
 + 4 open prompts, greedy, max_tokens 64, 5 rounds (so the spread is the interquartile range).
 `--out X.md` also writes X.json with every round's raw tallies and load, for re-analysis.
 
@@ -88,13 +88,10 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.refserver.helpers import (  # noqa: E402
-    MODEL,
-    SPEC_CONFIGS,
-    Server,
-    heldout_prompts,
-    start_server,
-)
+from refserver.engine import MODEL_NAME as MODEL  # noqa: E402
+from refserver.heldout import heldout_prompts  # noqa: E402
+from refserver.presets import SPEC_CONFIGS  # noqa: E402
+from tests.refserver.helpers import Server, start_server  # noqa: E402
 
 log = logging.getLogger("bench_serving")
 

@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from refserver.config import EngineConfig, SpeculativeConfig
     from refserver.engine import Engine
+    from refserver.heldout import heldout_prompts
     from refserver.model import load_model
-    from tests.refserver.helpers import heldout_prompts
 
     torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]

@@ -29,12 +29,8 @@ from refserver.config import EngineConfig, SpeculativeConfig
 from refserver.engine import Engine, Request, StepOutput
 from refserver.heldout import heldout_prompts
 from refserver.model import Transformer, load_model
+from refserver.presets import HYBRID
 from refserver.sampling import SamplingParams
-
-HYBRID = (
-    '{"method":"mtp","num_speculative_tokens":5,"num_model_steps":3,'
-    '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
-)
 
 
 def run(engine: Engine, prompts: list[list[int]], max_tokens: int) -> tuple[list, float]:

@@ -2,16 +2,17 @@
 
 One engine thread owns the model. Each `step()`:
 
-1. admits waiting requests into free slots and prefills them one by one (the first token is
-   emitted right away; it is a step with accept_num = 1 for SPEC §2);
+1. frees the slots of cancelled requests (a client that went away);
 2. verifies every running row's draft `[last token, d1..dk]` in ONE batched target forward at
-   per-row positions;
-3. accepts: greedy = longest prefix equal to the argmax + the bonus token; sampling =
-   speculative sampling with point-mass drafts (see `sampling.py`);
-4. rolls the KV cache back, which is free: the cache is indexed by position, rejected
-   positions are simply overwritten by the next forward before anything reads them;
-5. emits the tokens after cutting at EOS, stop strings and max_tokens, and records accept_num;
-6. drafts again for all rows at once: MTP for s tokens, then `hybrid_mtp_ngram` (op or oracle).
+   per-row positions, then per row: accepts (greedy = longest prefix equal to the argmax + the
+   bonus token; sampling = speculative sampling with point-mass drafts, see `sampling.py`),
+   rolls the KV cache back (free: the cache is indexed by position, rejected positions are
+   overwritten by the next forward before anything reads them), and emits the tokens after
+   cutting at EOS, stop strings and max_tokens, recording accept_num;
+3. admits waiting requests into the free slots and prefills them one by one (the first token is
+   emitted right away; it is a step with accept_num = 1 for SPEC §2);
+4. drafts for the verified and the admitted rows at once: MTP for s tokens, then
+   `hybrid_mtp_ngram` (op or oracle).
 
 Requests come from other threads through `submit()`; results go back through each request's
 `sink` callback, called on the engine thread.

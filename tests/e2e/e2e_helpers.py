@@ -76,8 +76,9 @@ def processes_with(marker: str) -> list[psutil.Process]:
     return found
 
 
-def wait_gone(marker: str, timeout_s: float = 10.0) -> list[psutil.Process]:
-    """Processes whose command line contains `marker` still alive after `timeout_s`."""
+def survivors(marker: str, timeout_s: float = 10.0) -> list[psutil.Process]:
+    """The processes whose command line contains `marker` that are still alive once `timeout_s`
+    has passed (empty as soon as none is: `assert not survivors(...)`)."""
     deadline = time.monotonic() + timeout_s
     while True:
         alive = processes_with(marker)

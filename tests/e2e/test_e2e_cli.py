@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_helpers import REPO, SPEC_ACCEPT_NUMS, fake_scenario, wait_gone
+from e2e_helpers import REPO, SPEC_ACCEPT_NUMS, fake_scenario, survivors
 
 from e2e.baseline import load_baseline
 
@@ -144,7 +144,7 @@ def test_interrupted_update_leaves_the_old_baseline_and_no_server(
     assert "interrupted" in out
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["hybrid.yaml"]  # no temporary file left
-    assert not wait_gone(str(tmp_path / "hybrid-engine.json"), 5)
+    assert not survivors(str(tmp_path / "hybrid-engine.json"), 5)
 
 
 def test_stale_baseline_fails_with_the_update_command(tmp_path: Path, scenario: Path) -> None:

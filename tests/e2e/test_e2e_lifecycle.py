@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from e2e_helpers import REPO, processes_with, wait_gone
+from e2e_helpers import REPO, processes_with, survivors
 
 from e2e.ports import _LOCK_DIR, release_port, reserve_port
 from e2e.scenario import ServerSpec
@@ -50,7 +50,7 @@ def test_command_that_exits_at_once_fails_fast_with_log_tail(tmp_path: Path, mar
     assert "exited with code 3" in message
     assert "model file not found: /nope" in message  # the log tail
     assert marker in message  # the command
-    assert not wait_gone(marker, 5)
+    assert not survivors(marker, 5)
 
 
 def test_server_that_never_becomes_healthy_fails_at_the_deadline_and_leaves_no_orphans(
@@ -77,7 +77,7 @@ def test_server_that_never_becomes_healthy_fails_at_the_deadline_and_leaves_no_o
     assert "did not become healthy" in str(info.value)
     assert "within 3 s" in str(info.value)
     assert "loading weights..." in str(info.value)
-    assert not wait_gone(marker, 5), "orphan processes left behind"
+    assert not survivors(marker, 5), "orphan processes left behind"
 
 
 def test_healthy_server_is_reachable_and_teardown_kills_it(tmp_path: Path, marker: str) -> None:
@@ -88,7 +88,7 @@ def test_healthy_server_is_reachable_and_teardown_kills_it(tmp_path: Path, marke
         assert processes_with(marker)
         port = server.ports[""]
         assert (_LOCK_DIR / str(port)).exists()
-    assert not wait_gone(marker, 5)
+    assert not survivors(marker, 5)
     assert not (_LOCK_DIR / str(port)).exists(), "port claim not released"
     assert server.log_path is not None and server.log_path.exists()
 
@@ -106,7 +106,7 @@ def test_server_ignoring_sigterm_is_killed_after_grace(tmp_path: Path, marker: s
     started = time.monotonic()
     server.stop()
     assert time.monotonic() - started < 60  # the 1 s grace, then SIGKILL; not the default wait
-    assert not wait_gone(marker, 3)
+    assert not survivors(marker, 3)
 
 
 HARNESS = textwrap.dedent(
@@ -138,7 +138,7 @@ def test_ctrl_c_in_the_harness_tears_the_server_down(tmp_path: Path, marker: str
     proc = _start_harness(tmp_path, marker)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=20)
-    assert not wait_gone(marker, 5)
+    assert not survivors(marker, 5)
 
 
 def test_killed_harness_is_cleaned_up_by_the_watchdog(tmp_path: Path, marker: str) -> None:
@@ -146,7 +146,7 @@ def test_killed_harness_is_cleaned_up_by_the_watchdog(tmp_path: Path, marker: st
     proc = _start_harness(tmp_path, marker)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
-    assert not wait_gone(marker, 10), "the watchdog did not kill the orphaned server"
+    assert not survivors(marker, 10), "the watchdog did not kill the orphaned server"
 
 
 def test_reserved_ports_are_distinct_and_released() -> None:

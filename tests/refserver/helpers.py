@@ -1,9 +1,8 @@
-"""Shared helpers for refserver tests and benchmarks: prompts, speculative configs, a real server
-launcher."""
+"""Shared helpers for refserver tests: a real server launcher (the named configs and the held-out
+prompts live in refserver.presets and refserver.heldout)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -16,32 +15,11 @@ from pathlib import Path
 
 import requests
 
+from refserver.engine import MODEL_NAME as MODEL  # noqa: F401
+from refserver.heldout import heldout_prompts  # noqa: F401 (re-exported for the tests)
+from refserver.presets import HYBRID, NGRAM, SPEC_CONFIGS  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[2]
-PROMPTS = REPO / "refserver" / "assets" / "prompts" / "heldout.jsonl"
-MODEL = "SmolLM2-135M-Instruct"
-
-NGRAM = '{"method":"ngram","num_speculative_tokens":5,"max_ngram_size":3,"min_ngram_size":1}'
-HYBRID = (
-    '{"method":"mtp","num_speculative_tokens":5,"num_model_steps":3,'
-    '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
-)
-# The named speculative configurations (FastDeploy `--speculative-config` JSON; None = no
-# speculation), defined once: the tests and benchmarks/bench_serving.py take them from here.
-SPEC_CONFIGS: dict[str, str | None] = {
-    "none": None,
-    "ngram K=5": NGRAM,
-    "mtp s=1": '{"method":"mtp","num_speculative_tokens":1,"num_model_steps":1}',
-    "mtp s=3": '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":3}',
-    "hybrid K=5 s=3": HYBRID,
-    "hybrid K=3 s=1": (
-        '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":1,'
-        '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
-    ),
-}
-
-
-def heldout_prompts() -> list[dict]:
-    return [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import socket
 import threading
 import time
@@ -13,6 +12,7 @@ import openai
 import pytest
 import requests
 
+from e2e.adapters._prometheus import parse_prometheus
 from tests.refserver.helpers import MODEL, launch_server
 
 CHAT = [
@@ -35,12 +35,12 @@ def check_metrics(metrics: dict, completion_tokens: int, K: int = 5) -> None:
 
 
 def prometheus(url: str) -> dict[str, float]:
+    """/metrics through the gate's parser, keyed by name plus any labels but model_name."""
     text = requests.get(url + "/metrics", timeout=10).text
     out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[re.sub(r'model_name="[^"]*",?', "", name).replace("{}", "")] = float(value)
+    for name, labels, value in parse_prometheus(text):
+        rest = ",".join(f'{k}="{v}"' for k, v in labels.items() if k != "model_name")
+        out[f"{name}{{{rest}}}" if rest else name] = value
     return out
 
 

@@ -1,0 +1,21 @@
+"""The named speculative configurations (FastDeploy `--speculative-config` JSON; None = no
+speculation), defined once: the tests, the device check and the benchmarks take them from here."""
+
+from __future__ import annotations
+
+NGRAM = '{"method":"ngram","num_speculative_tokens":5,"max_ngram_size":3,"min_ngram_size":1}'
+HYBRID = (
+    '{"method":"mtp","num_speculative_tokens":5,"num_model_steps":3,'
+    '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
+)
+SPEC_CONFIGS: dict[str, str | None] = {
+    "none": None,
+    "ngram K=5": NGRAM,
+    "mtp s=1": '{"method":"mtp","num_speculative_tokens":1,"num_model_steps":1}',
+    "mtp s=3": '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":3}',
+    "hybrid K=5 s=3": HYBRID,
+    "hybrid K=3 s=1": (
+        '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":1,'
+        '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
+    ),
+}
