@@ -1,8 +1,8 @@
 """Run one scenario end to end: reach its server(s), send its requests, measure, check, compare.
 
-`measure` produces per-request outcomes (used both by the gate and by `baseline update`);
-`run_scenario` adds the baseline comparison and turns everything into a ScenarioResult that the
-report renders. Failures of the server or of a request become results with messages (and the server
+`measure_metrics` is the one measuring path of a metrics scenario (server, requests, adapter,
+invariants), shared by `specgate run`, `baseline update` and `compare --measure`; `run_scenario`
+adds the baseline comparison and turns everything into a ScenarioResult that the report renders. Failures of the server or of a request become results with messages (and the server
 log tail), not exceptions, so one broken scenario never hides the report of the others.
 """
 
@@ -21,6 +21,7 @@ from e2e.baseline import (
     BaselineError,
     BaselineFormatError,
     check_fresh,
+    collect_provenance,
     load_baseline,
 )
 from e2e.client import Completion, RequestError, send
@@ -28,7 +29,7 @@ from e2e.compare import MISSING, Row, compare_request
 from e2e.invariants import Context, check_invariants
 from e2e.lossless import greedy_with_logprobs, judge
 from e2e.scenario import RequestSpec, Scenario
-from e2e.server import Endpoint, ServerPool, ServerStartError
+from e2e.server import Endpoint, ServerPool, ServerStartError, describe_server
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,45 @@ def measure(scenario: Scenario, endpoint: Endpoint) -> list[RequestOutcome]:
     ]
 
 
+@dataclass
+class Measured:
+    """The requests of one metrics scenario, measured on its server."""
+
+    endpoint: Endpoint
+    outcomes: list[RequestOutcome]
+    # What was measured (SPEC provenance), read while the server ran; None unless asked for.
+    provenance: dict[str, Any] | None = None
+
+    def errors(self) -> list[str]:
+        return [f"request {o.request_id}: {o.error}" for o in self.outcomes if o.error]
+
+    def invariant_failures(self) -> list[str]:
+        return [
+            f"invariant failed for {o.request_id}: {m}"
+            for o in self.outcomes
+            for m in o.invariant_failures
+        ]
+
+
+def measure_metrics(scenario: Scenario, pool: ServerPool, *, provenance: bool = False) -> Measured:
+    """Reach (launch or reuse) the server of a metrics scenario and measure every request.
+
+    The one path of `specgate run`, `baseline update` and `compare --measure`, so a baseline holds
+    exactly what the gate measures. With `provenance`, what was measured (git commit, host, the
+    served models, the device) is recorded too, while the server still runs. A server that does
+    not start raises ServerStartError.
+    """
+    endpoint = pool.endpoint(scenario.server, "server", name=scenario.name)
+    measured = Measured(endpoint, measure(scenario, endpoint))
+    if provenance:
+        facts = collect_provenance(
+            scenario.path, scenario.hash, endpoint.masked_command, endpoint.url
+        )
+        facts.update(describe_server(endpoint))
+        measured.provenance = facts
+    return measured
+
+
 def build_baseline(
     scenario: Scenario, outcomes: list[RequestOutcome], provenance: dict[str, Any]
 ) -> Baseline:
@@ -243,7 +283,7 @@ def _server_context(pool: ServerPool, scenario: Scenario, role: str) -> str:
     return "\n" + server.failure_context() if server else ""
 
 
-def _skip_reason(scenario: Scenario, pool: ServerPool) -> str | None:
+def skip_reason(scenario: Scenario, pool: ServerPool) -> str | None:
     """Why a server this run would launch cannot run here. With --server-url only a lossless
     scenario's reference is launched (the candidate is the running server)."""
     if pool.override_url is None:
@@ -259,7 +299,7 @@ def _skip_reason(scenario: Scenario, pool: ServerPool) -> str | None:
 def run_scenario(scenario: Scenario, pool: ServerPool) -> ScenarioResult:
     started = time.monotonic()
     result = ScenarioResult(scenario.name, str(scenario.path), scenario.kind, "passed")
-    reason = _skip_reason(scenario, pool)
+    reason = skip_reason(scenario, pool)
     if reason:
         result.status, result.messages = "skipped", [reason]
         return result
@@ -285,22 +325,17 @@ def _run_metrics(scenario: Scenario, pool: ServerPool, result: ScenarioResult) -
         result.messages.append(str(exc))
         result.status = "failed"
         return
-    endpoint = pool.endpoint(scenario.server, "server", name=scenario.name)
-    result.server = endpoint.command or endpoint.url
-    outcomes = measure(scenario, endpoint)
-    result.outcomes = outcomes
-    errors = [o for o in outcomes if o.error]
-    for o in errors:
-        result.messages.append(f"request {o.request_id}: {o.error}")
+    measured = measure_metrics(scenario, pool)
+    result.server = measured.endpoint.command or measured.endpoint.url
+    result.outcomes = measured.outcomes
+    errors, broken = measured.errors(), measured.invariant_failures()
+    result.messages.extend(errors)
     context = _server_context(pool, scenario, "server").strip() if errors else ""
     if context:
         result.messages.append(context)
-    for o in outcomes:
-        result.messages.extend(
-            f"invariant failed for {o.request_id}: {m}" for m in o.invariant_failures
-        )
-    result.rows = compare_with_baseline(scenario, outcomes, baseline)
-    if errors or any(o.invariant_failures for o in outcomes) or not all(r.ok for r in result.rows):
+    result.messages.extend(broken)
+    result.rows = compare_with_baseline(scenario, measured.outcomes, baseline)
+    if errors or broken or not all(r.ok for r in result.rows):
         result.status = "failed"
 
 

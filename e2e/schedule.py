@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from e2e.runner import ScenarioResult, run_scenario
+from e2e.runner import Measured, ScenarioResult, measure_metrics, run_scenario
 from e2e.scenario import Scenario
 from e2e.server import ServerPool
 
@@ -45,5 +45,12 @@ class Schedule:
     def run(self, scenario: Scenario) -> ScenarioResult:
         try:
             return run_scenario(scenario, self.pool)
+        finally:
+            self.done(scenario)
+
+    def measure(self, scenario: Scenario, *, provenance: bool = False) -> Measured:
+        """Measure a metrics scenario without judging it (`baseline update`, `compare --measure`)."""
+        try:
+            return measure_metrics(scenario, self.pool, provenance=provenance)
         finally:
             self.done(scenario)

@@ -208,16 +208,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline_update(args: argparse.Namespace) -> int:
-    from e2e.baseline import (
-        BaselineError,
-        collect_provenance,
-        diff_baselines,
-        load_baseline,
-        write_baseline_atomic,
-    )
-    from e2e.runner import build_baseline, measure
+    from e2e.baseline import BaselineError, diff_baselines, load_baseline, write_baseline_atomic
+    from e2e.runner import build_baseline, skip_reason
     from e2e.schedule import Schedule
-    from e2e.server import ServerPool, ServerStartError, describe_server
+    from e2e.server import ServerPool, ServerStartError
     from specgate.progress import Progress
 
     root = _root(args)
@@ -234,25 +228,19 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
     try:
         for scenario in scenarios:
             print(f"== {scenario.name} ({scenario.path})", flush=True)
-            reason = None if args.server_url else scenario.skip_reason()
+            reason = skip_reason(scenario, pool)
             if reason:
                 print(f"cannot measure: {reason}", file=sys.stderr)
                 failed = True
                 continue
             try:
-                endpoint = pool.endpoint(scenario.server, name=scenario.name)
+                measured = plan.measure(scenario, provenance=True)
             except ServerStartError as exc:
                 print(str(exc), file=sys.stderr)
                 failed = True
                 continue
-            outcomes = measure(scenario, endpoint)
-            provenance = collect_provenance(
-                scenario.path, scenario.hash, endpoint.masked_command, endpoint.url
-            )
-            provenance.update(describe_server(endpoint))  # while the server still runs
-            plan.done(scenario)
             progress.update(scenario.name)
-            new = build_baseline(scenario, outcomes, provenance)
+            new = build_baseline(scenario, measured.outcomes, measured.provenance or {})
             try:
                 old = load_baseline(scenario.baseline)
             except BaselineError as exc:
@@ -260,10 +248,7 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
                 if scenario.baseline.exists():
                     print(f"(old baseline unreadable, shown as new: {exc})")
             print(diff_baselines(old, new))
-            problems = [f"{o.request_id}: {o.error}" for o in outcomes if o.error]
-            problems += [
-                f"{o.request_id}: invariant {m}" for o in outcomes for m in o.invariant_failures
-            ]
+            problems = measured.errors() + measured.invariant_failures()
             if problems:
                 print(
                     f"NOT written: {len(problems)} problems (a baseline is only written when "
@@ -291,7 +276,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """The reviewer's table: every request of every scenario as the common acceptance record."""
     from e2e.acceptance import column, column_from_baseline, render_markdown, render_text
     from e2e.baseline import BaselineError
-    from e2e.runner import measure
+    from e2e.runner import skip_reason
     from e2e.schedule import Schedule
     from e2e.server import ServerPool, ServerStartError
 
@@ -313,23 +298,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     print(f"error: {exc}", file=sys.stderr)
                     return 1
                 continue
-            reason = None if args.server_url else scenario.skip_reason()
+            reason = skip_reason(scenario, pool)
             if reason:
                 print(f"cannot measure: {reason}", file=sys.stderr)
                 return 1
             try:
-                endpoint = pool.endpoint(scenario.server, name=scenario.name)
+                measured = plan.measure(scenario)
             except ServerStartError as exc:
                 print(str(exc), file=sys.stderr)
                 return 1
-            outcomes = measure(scenario, endpoint)
-            plan.done(scenario)
-            failed = [o for o in outcomes if o.error]
-            for o in failed:
-                print(f"{scenario.name}: request {o.request_id}: {o.error}", file=sys.stderr)
-            if failed:
+            for error in measured.errors():
+                print(f"{scenario.name}: {error}", file=sys.stderr)
+            if measured.errors():
                 return 1
-            columns.append(column(scenario, {o.request_id: o.fields for o in outcomes}))
+            columns.append(column(scenario, {o.request_id: o.fields for o in measured.outcomes}))
     finally:
         pool.close()
     print(render_text(columns))
