@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from e2e.server import cpu_description
 from e2e.yaml_loader import YAMLFileError, load_yaml
 
 FORMAT_VERSION = 1
@@ -189,13 +190,7 @@ def _device() -> str:
             return f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
     except Exception:  # provenance must never break a run
         pass
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"cpu: {model} ({os.cpu_count()} cores)"
+    return f"cpu: {cpu_description()}"
 
 
 def _torch_version() -> str:

@@ -311,7 +311,8 @@ def _terminate_tree(proc: subprocess.Popen[bytes], grace_s: float) -> None:
 _ACCELERATOR_FILES = ("/dev/nvidia", "/dev/kfd", "/dev/accel", "/dev/dri/renderD")
 
 
-def _cpu_description() -> str:
+def cpu_description() -> str:
+    """The host CPU's model name and core count (also the CPU line of baseline provenance)."""
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -340,7 +341,7 @@ def server_device(pid: int | None) -> str:
             path = line.split()[-1] if line.split() else ""
             if path.startswith(_ACCELERATOR_FILES):
                 return f"accelerator: {path} mapped by pid {proc.pid}"
-    return f"cpu: {_cpu_description()}"
+    return f"cpu: {cpu_description()}"
 
 
 def _get_json(url: str) -> tuple[object | None, str]:
