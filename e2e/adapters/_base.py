@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import requests
+
 if TYPE_CHECKING:
     from e2e.client import Completion
     from e2e.invariants import Check
@@ -188,3 +190,15 @@ def completion_tokens(completion: Completion, fields: dict[str, Any]) -> list[st
         return []
     hint = " (streaming: ask for stream_options.include_usage)" if completion.request.stream else ""
     return ["the response has no usage.completion_tokens" + hint]
+
+
+def fetch_metrics(metrics_url: str, timeout_s: float = 10.0) -> str:
+    """The text of an engine's metrics endpoint (Prometheus for vLLM, JSON for TensorRT-LLM);
+    an unreachable or failing endpoint is an AdapterError naming the URL."""
+    try:
+        response = requests.get(metrics_url, timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise AdapterError(f"cannot read {metrics_url}: {exc}") from exc
+    if response.status_code != 200:
+        raise AdapterError(f"{metrics_url}: HTTP {response.status_code}")
+    return response.text

@@ -22,14 +22,13 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import requests
-
 from e2e.adapters._base import (
     AcceptanceRecord,
     Adapter,
     AdapterError,
     Measurement,
     completion_tokens,
+    fetch_metrics,
     int_or_none,
 )
 from e2e.client import Completion
@@ -73,13 +72,7 @@ def iteration_stats(text: str, url: str = "/metrics") -> list[dict[str, Any]]:
 
 
 def scrape_stats(metrics_url: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-    try:
-        response = requests.get(metrics_url, timeout=timeout_s)
-    except requests.RequestException as exc:
-        raise AdapterError(f"cannot read {metrics_url}: {exc}") from exc
-    if response.status_code != 200:
-        raise AdapterError(f"{metrics_url}: HTTP {response.status_code}")
-    return iteration_stats(response.text, metrics_url)
+    return iteration_stats(fetch_metrics(metrics_url, timeout_s), metrics_url)
 
 
 def summarize(entries: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:

@@ -21,14 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import requests
-
 from e2e.adapters._base import (
     AcceptanceRecord,
     Adapter,
     AdapterError,
     Measurement,
     completion_tokens,
+    fetch_metrics,
     int_or_none,
 )
 from e2e.adapters._prometheus import parse_prometheus
@@ -113,24 +112,14 @@ def vllm_delta(before: SpecCounters, after: SpecCounters) -> dict[str, Any]:
     }
 
 
-def scrape(metrics_url: str, timeout_s: float = 10.0) -> str:
-    try:
-        response = requests.get(metrics_url, timeout=timeout_s)
-    except requests.RequestException as exc:
-        raise AdapterError(f"cannot read {metrics_url}: {exc}") from exc
-    if response.status_code != 200:
-        raise AdapterError(f"{metrics_url}: HTTP {response.status_code}")
-    return response.text
-
-
 def settled_counters(metrics_url: str, settle_s: float = 2.0) -> SpecCounters:
     """Counters once two scrapes 0.1 s apart agree: engines update them a little after the
     response is sent. Gives up waiting after settle_s and returns the last scrape."""
     deadline = time.monotonic() + settle_s
-    current = vllm_counters(scrape(metrics_url))
+    current = vllm_counters(fetch_metrics(metrics_url))
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        following = vllm_counters(scrape(metrics_url))
+        following = vllm_counters(fetch_metrics(metrics_url))
         if following == current:
             return current
         current = following
