@@ -79,6 +79,21 @@ def test_update_writes_a_baseline_with_provenance_then_run_passes(
     assert report.returncode == 0 and "[PASSED] hybrid" in report.stdout
 
 
+def test_update_run_and_compare_measure_share_one_measurement(
+    tmp_path: Path, scenario: Path
+) -> None:
+    """`baseline update`, `run` and `compare --measure` go through runner.measure_metrics: what
+    compare measures now is the table of the baseline that update wrote, and run passes on it."""
+    assert specgate(tmp_path, "baseline", "update", "hybrid").returncode == 0
+    from_baseline = specgate(tmp_path, "compare", "hybrid")
+    measured = specgate(tmp_path, "compare", "hybrid", "--measure")
+    assert from_baseline.returncode == 0 and measured.returncode == 0, measured.stderr
+    assert "hello/stream" in measured.stdout
+    assert measured.stdout == from_baseline.stdout
+    ran = specgate(tmp_path, "run", "--scenario", "hybrid", "--skip-kernel")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
 def test_drift_beyond_tolerance_fails_run_and_dry_run_shows_the_diff(
     tmp_path: Path, scenario: Path
 ) -> None:
