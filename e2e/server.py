@@ -308,10 +308,7 @@ def _group_members(pgid: int) -> list[psutil.Process]:
 def _terminate_tree(proc: subprocess.Popen[bytes], grace_s: float) -> int | None:
     """SIGTERM the group (and escaped descendants), SIGKILL what is left after grace_s; returns
     the leader's exit code (psutil reaps it while waiting, so Popen alone would not know it)."""
-    if proc.poll() is not None:
-        code: int | None = proc.returncode
-    else:
-        code = None
+    code = proc.poll()  # None while it runs; an exit code when it already stopped by itself
     pgid = proc.pid  # start_new_session: the leader's pid is the group id
     try:
         root = psutil.Process(proc.pid)
