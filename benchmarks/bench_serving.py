@@ -83,16 +83,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
-import requests
+
+from e2e.baseline import cpu_model, git_commit
+from e2e.client import send
+from e2e.scenario import RequestSpec, ServerSpec
+from e2e.server import ServerProcess
+from refserver.engine import MODEL_NAME as MODEL
+from refserver.heldout import heldout_prompts
+from refserver.presets import SPEC_CONFIGS
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from refserver.engine import MODEL_NAME as MODEL  # noqa: E402
-from refserver.heldout import heldout_prompts  # noqa: E402
-from refserver.presets import SPEC_CONFIGS  # noqa: E402
-from tests.refserver.helpers import Server, start_server  # noqa: E402
-
 log = logging.getLogger("bench_serving")
 
 # Hugging Face peers: label -> extra `generate` kwargs (see the module docstring for why).
@@ -192,7 +192,7 @@ class ServerTarget:
 
     label: str
     threads: int
-    server: Server
+    server: ServerProcess
 
     def run(self, messages: list[dict], max_tokens: int) -> Sample:
         body = {
@@ -203,33 +203,24 @@ class ServerTarget:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        start = time.perf_counter()
-        metrics, tokens, text = None, None, []
-        url = self.server.url + "/v1/chat/completions"
-        with requests.post(url, json=body, stream=True, timeout=1800) as r:
-            r.raise_for_status()
-            for line in r.iter_lines():
-                if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-                for c in chunk["choices"]:
-                    text.append(c["delta"].get("content") or "")
-                    metrics = c.get("speculate_metrics") or metrics
-        elapsed = time.perf_counter() - start
+        done = send(self.server.url, RequestSpec(self.label, "chat", body), timeout_s=1800)
+        metrics = None
+        for chunk in done.chunks:
+            for choice in chunk.get("choices") or ():
+                metrics = choice.get("speculate_metrics") or metrics
+        tokens = (done.usage or {}).get("completion_tokens")
         if tokens is None or metrics is None:
             raise RuntimeError(f"{self.label}: stream ended without usage or speculate_metrics")
         return Sample(
             tokens,
-            elapsed,
+            done.latency_s,
             metrics["accepted_tokens_per_head"][0],
             metrics["accepted_tokens"],
-            "".join(text),
+            done.text,
         )
 
     def cpu_seconds(self) -> float:
-        t = psutil.Process(self.server.proc.pid).cpu_times()
+        t = psutil.Process(self.server.pid).cpu_times()
         return t.user + t.system
 
 
@@ -289,21 +280,29 @@ def load_peers(s: Settings) -> list[PeerTarget]:
     ]
 
 
+def refserver_spec(name: str, threads: int, dtype: str) -> ServerSpec:
+    """`python -m refserver` for one configuration: 8 slots (the highest concurrency), CPU."""
+    command = ["{python}", "-m", "refserver", "--host", "127.0.0.1", "--port", "{port}"]
+    command += ["--max-num-seqs", "8", "--device", "cpu", "--dtype", dtype, "--seed", "0"]
+    command += ["--threads", str(threads), "--max-model-len", "2048"]
+    if SPEC_CONFIGS[name]:
+        command += ["--speculative-config", SPEC_CONFIGS[name]]
+    return ServerSpec(command=tuple(command), cwd=str(REPO), startup_timeout=900)
+
+
 def start_servers(s: Settings, tmp: Path) -> list[ServerTarget]:
     """Start every server at once (they load in parallel), then wait for all to be healthy."""
     targets: list[ServerTarget] = []
     try:
         for t in s.threads:
             for name in s.configs:
-                extra = ["--dtype", s.dtype, "--threads", str(t), "--max-model-len", "2048"]
-                if SPEC_CONFIGS[name]:
-                    extra += ["--speculative-config", SPEC_CONFIGS[name]]
-                # the log name says which server it is; start_server appends the port
-                sub = tmp / f"{name.replace(' ', '_').replace('=', '')}-t{t}"
-                sub.mkdir()
-                targets.append(ServerTarget(name, t, start_server(sub, *extra)))
+                # the log name says which server it is; ServerProcess appends the port
+                log_name = f"{name.replace(' ', '_').replace('=', '')}-t{t}"
+                server = ServerProcess(refserver_spec(name, t, s.dtype), tmp, name=log_name)
+                targets.append(ServerTarget(name, t, server))
+                server.start(wait=False)
         for target in targets:
-            target.server.wait_healthy(timeout=900)
+            target.server.wait_healthy()
     except BaseException:
         stop_servers(targets)
         raise
@@ -312,7 +311,7 @@ def start_servers(s: Settings, tmp: Path) -> list[ServerTarget]:
 
 def stop_servers(targets: Iterable[ServerTarget]) -> None:
     for t in targets:
-        t.server.terminate()
+        t.server.stop()
 
 
 def idle_cpu_percent(servers: Sequence[ServerTarget], seconds: float = 2.0) -> float:
@@ -329,7 +328,7 @@ class LoadMeter:
     """CPU used by processes outside this benchmark, and steal time, averaged in cores."""
 
     def __init__(self, servers: Sequence[ServerTarget]) -> None:
-        self.pids = [os.getpid()] + [t.server.proc.pid for t in servers]
+        self.pids = [os.getpid()] + [t.server.pid for t in servers]
 
     def _ours(self) -> float:
         total = 0.0
@@ -646,7 +645,7 @@ def run(s: Settings, raw_json: Path | None = None) -> str:
     import torch
 
     meta = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {cpu_model()}",
+        "machine": f"{platform.machine()}, {cpu_model()}",
         "torch": torch.__version__,
         "dtype / torch threads (per server and peer)": f"{s.dtype} / "
         + ", ".join(map(str, s.threads)),
@@ -658,7 +657,7 @@ def run(s: Settings, raw_json: Path | None = None) -> str:
         "MTP head": "refserver/assets/mtp_head.safetensors"
         if (REPO / "refserver/assets/mtp_head.safetensors").is_file()
         else "UNTRAINED (no weights file)",
-        "git": git_head(),
+        "git": git_commit(REPO),
         "total wall time": f"{total:.0f} s ({total / 60:.1f} min)",
     }
     table = render(s, rounds, meta)
@@ -689,31 +688,6 @@ def raw_rounds(s: Settings, rounds: Sequence[RoundResult], meta: dict[str, str])
             for r in rounds
         ],
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def git_head() -> str:
-    import subprocess
-
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "refserver"], cwd=REPO, capture_output=True
-        ).stdout.strip()
-        return head + (" (refserver/ has uncommitted changes)" if dirty else "")
-    except OSError:
-        return "unknown"
 
 
 # --quick: a few minutes, for `pytest -m benchmark` and for trying the harness.

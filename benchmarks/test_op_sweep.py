@@ -69,3 +69,14 @@ def test_exact_impls_are_timed_from_fresh_inputs_every_call():
         # Every call, checked or timed, starts from the lens the inputs were created with (the
         # graph_time_us trap of issue 15: a second timing saw rows already extended).
         assert all(lens == [ORI] * point.batch for lens in seen), seen
+
+
+def test_bench_op_fails_a_wrong_impl_before_timing():
+    from benchmarks.bench_op import checked
+
+    point = POINTS[0]
+    inp = op_sweep.make_inputs(point, "cpu", _gen())
+    ref_name, want = op_sweep.reference(point, inp)
+    checked("the oracle", ORACLE.fn, inp, ref_name, want)  # the same outputs pass
+    with pytest.raises(pytest.fail.Exception, match="off-by-one differs from the oracle"):
+        checked("off-by-one", off_by_one, inp, ref_name, want)

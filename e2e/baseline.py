@@ -23,7 +23,6 @@ from typing import Any
 
 import yaml
 
-from e2e.server import cpu_description
 from e2e.yaml_loader import YAMLFileError, load_yaml
 
 FORMAT_VERSION = 1
@@ -160,7 +159,9 @@ def write_baseline_atomic(path: Path, baseline: Baseline) -> None:
         raise
 
 
-def _git_commit(folder: Path) -> str:
+def git_commit(folder: Path) -> str:
+    """HEAD's commit of the checkout holding `folder`, with '-dirty' when tracked files have
+    uncommitted changes; 'unknown' outside a git checkout."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -190,7 +191,18 @@ def _device() -> str:
             return f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
     except Exception:  # provenance must never break a run
         pass
-    return f"cpu: {cpu_description()}"
+    return f"cpu: {cpu_model()}"
+
+
+def cpu_model() -> str:
+    """This host's CPU model name and core count, e.g. 'AMD EPYC 7B13 (2 cores)'."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} ({os.cpu_count()} cores)"
 
 
 def _torch_version() -> str:
@@ -207,7 +219,7 @@ def collect_provenance(
 ) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "git_commit": _git_commit(scenario_path.parent),
+        "git_commit": git_commit(scenario_path.parent),
         "host": socket.gethostname(),
         "device": _device(),
         "torch": _torch_version(),

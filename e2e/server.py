@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import re
 import shlex
 import signal
@@ -32,6 +31,7 @@ from pathlib import Path
 import psutil
 import requests
 
+from e2e.baseline import cpu_model
 from e2e.ports import release_port, reserve_port
 from e2e.scenario import ServerSpec, substitute
 
@@ -142,7 +142,7 @@ class ServerProcess:
             shlex.join(self.argv),
             self.log_path,
             masked_command=self.masked_command(),
-            pid=self._proc.pid if self._proc is not None else None,
+            pid=self.pid,
         )
 
     def masked_command(self) -> str:
@@ -152,7 +152,16 @@ class ServerProcess:
         words = [substitute(w, placeholders, sys.executable) for w in self.spec.command or ()]
         return shlex.join(words)
 
-    def start(self) -> Endpoint:
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (its process group id too), None when not running."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, wait: bool = True) -> Endpoint:
+        """Launch the command; with wait (the default) block until it is healthy.
+
+        `wait=False` returns as soon as the process runs, so several servers can load at once;
+        call wait_healthy() before sending requests."""
         if self.spec.command is None:
             raise ValueError("ServerProcess needs a spec with a command, not a url")
         self.ports = {name: reserve_port(HOST) for name in self.spec.port_names()}
@@ -181,11 +190,8 @@ class ServerProcess:
                 f"{self.name}: cannot start {shlex.join(self.argv)}: {exc}"
             ) from exc
         self._start_reaper()
-        try:
-            self._wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
+        if wait:
+            self.wait_healthy()
         return self.endpoint()
 
     def _start_reaper(self) -> None:
@@ -206,7 +212,16 @@ class ServerProcess:
             cwd=str(Path(__file__).resolve().parent.parent),
         )
 
-    def _wait_healthy(self) -> None:
+    def wait_healthy(self) -> None:
+        """Poll the health path until 200; fail at once if the process exits and at the spec's
+        startup_timeout otherwise, tearing the server down and raising with the log excerpt."""
+        try:
+            self._poll_health()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _poll_health(self) -> None:
         timeout = self.spec.startup_timeout
         deadline = time.monotonic() + timeout
         health = self.url + self.spec.health_path
@@ -246,11 +261,21 @@ class ServerProcess:
         """Command and log tail, for failures that happen after startup (e.g. a request error)."""
         return self._failure("log at the time of the failure")
 
-    def stop(self) -> None:
-        """Terminate the whole process tree; safe to call more than once."""
+    def wait(self, timeout: float) -> int:
+        """Wait for the server to exit by itself (e.g. after a signal); returns its exit code.
+        Raises subprocess.TimeoutExpired when it is still running after `timeout` seconds."""
+        if self._proc is None:
+            raise RuntimeError(f"server {self.name!r} is not running")
+        return self._proc.wait(timeout)
+
+    def stop(self) -> int | None:
+        """Terminate the whole process tree; safe to call more than once. Returns the server's
+        exit code (0 for a clean shutdown on SIGTERM, negative for the signal that killed it),
+        None when nothing was running."""
         proc, self._proc = self._proc, None
+        code = None
         if proc is not None:
-            _terminate_tree(proc, self.grace_s)
+            code = _terminate_tree(proc, self.grace_s)
         reaper, self._reaper = self._reaper, None
         if reaper is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -261,6 +286,7 @@ class ServerProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        return code
 
     def __enter__(self) -> ServerProcess:
         self.start()
@@ -279,7 +305,10 @@ def _group_members(pgid: int) -> list[psutil.Process]:
     return members
 
 
-def _terminate_tree(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+def _terminate_tree(proc: subprocess.Popen[bytes], grace_s: float) -> int | None:
+    """SIGTERM the group (and escaped descendants), SIGKILL what is left after grace_s; returns
+    the leader's exit code (psutil reaps it while waiting, so Popen alone would not know it)."""
+    code = proc.poll()  # None while it runs; an exit code when it already stopped by itself
     pgid = proc.pid  # start_new_session: the leader's pid is the group id
     try:
         root = psutil.Process(proc.pid)
@@ -293,7 +322,7 @@ def _terminate_tree(proc: subprocess.Popen[bytes], grace_s: float) -> None:
         with contextlib.suppress(psutil.Error):
             if os.getpgid(p.pid) != pgid:
                 p.terminate()
-    _, alive = psutil.wait_procs(list(targets.values()), timeout=grace_s)
+    gone, alive = psutil.wait_procs(list(targets.values()), timeout=grace_s)
     if alive:
         log.warning(
             "server processes %s ignored SIGTERM for %g s; killing", [p.pid for p in alive], grace_s
@@ -303,23 +332,17 @@ def _terminate_tree(proc: subprocess.Popen[bytes], grace_s: float) -> None:
         for p in alive:
             with contextlib.suppress(psutil.Error):
                 p.kill()
-        psutil.wait_procs(alive, timeout=5)
+        killed, _ = psutil.wait_procs(alive, timeout=5)
+        gone += killed
+    codes = {p.pid: p.returncode for p in gone}
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
+    if code is None:
+        code = codes.get(proc.pid, proc.returncode)
+    return None if code is None else int(code)
 
 
 _ACCELERATOR_FILES = ("/dev/nvidia", "/dev/kfd", "/dev/accel", "/dev/dri/renderD")
-
-
-def cpu_description() -> str:
-    """The host CPU's model name and core count (also the CPU line of baseline provenance)."""
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model} ({os.cpu_count()} cores)"
 
 
 def server_device(pid: int | None) -> str:
@@ -341,7 +364,7 @@ def server_device(pid: int | None) -> str:
             path = line.split()[-1] if line.split() else ""
             if path.startswith(_ACCELERATOR_FILES):
                 return f"accelerator: {path} mapped by pid {proc.pid}"
-    return f"cpu: {cpu_description()}"
+    return f"cpu: {cpu_model()}"
 
 
 def _get_json(url: str) -> tuple[object | None, str]:

@@ -370,46 +370,15 @@ class Engine:
         return verify_sampling(probs, drafts, seq.generator)
 
     def _emit(self, seq: _Sequence, emitted: list[int], logits: Tensor, num_drafts: int) -> None:
-        """Cut `emitted` at EOS / stop strings / max_tokens, record the step, send the delta."""
-        p, tok = seq.req.params, self.tokenizer
-        kept: list[int] = []
-        finish: str | None = None
-        for t in emitted:
-            kept.append(t)
-            seq.out_ids.append(t)
-            if t in tok.stop_ids and len(seq.out_ids) > p.min_tokens:
-                finish = "stop"
-                seq.text += seq.detokenizer.flush()  # the end: a dangling partial char shows
-                break
-            # Text token by token: the token that completes a stop string is the last one kept.
-            searched = len(seq.text)
-            seq.text += seq.detokenizer.add(t)
-            cut = _find_stop(seq.text, p.stop, searched) if p.stop else None
-            if cut is not None:
-                seq.text = seq.text[:cut]
-                finish = "stop"
-                break
-            if len(seq.out_ids) >= p.max_tokens:
-                finish = "length"
-                seq.text += seq.detokenizer.flush()
-                break
-        seq.metrics.record(len(kept))
-        self.counters.record_verify(num_drafts, len(kept))
-        self.counters.record_tokens(generated=len(kept))
-
-        logprobs = self._logprobs(logits[: len(kept)], kept) if p.logprobs else None
+        """One step's output for one sequence: keep the tokens up to the first finish, record
+        the step, and send the client what it may see so far."""
+        kept, finish = self._keep_until_finish(seq, emitted)
+        self._record_step(seq, num_drafts, len(kept))
+        logprobs = self._logprobs(logits[: len(kept)], kept) if seq.req.params.logprobs else None
         seq.finished = finish is not None
-        # Hold back a possible prefix of a stop string: it must not reach the client if the stop
-        # completes. (A partial UTF-8 character never reaches seq.text before it completes.)
-        sendable = seq.text
-        if not seq.finished:
-            hold = max((len(s) for s in p.stop), default=1) - 1
-            if hold:
-                sendable = sendable[: max(len(sendable) - hold, seq.text_sent)]
-        delta, seq.text_sent = sendable[seq.text_sent :], max(len(sendable), seq.text_sent)
         out = StepOutput(
             token_ids=kept,
-            text=delta,
+            text=self._next_text_delta(seq),
             logprobs=logprobs,
             finish_reason=finish,
             metrics=seq.metrics.to_dict() if seq.finished else None,
@@ -417,9 +386,67 @@ class Engine:
             completion_tokens=len(seq.out_ids),
         )
         if seq.finished:
-            self._slots[seq.slot] = None
-            self.counters.record_tokens(finished=1)
+            self._release(seq)
         seq.req.sink(out)
+
+    def _keep_until_finish(
+        self, seq: _Sequence, emitted: list[int]
+    ) -> tuple[list[int], str | None]:
+        """Append `emitted` to the sequence (ids and text) up to the first token that finishes
+        it at EOS, a stop string or max_tokens; returns the kept tokens and the finish reason."""
+        kept: list[int] = []
+        for t in emitted:
+            kept.append(t)
+            seq.out_ids.append(t)
+            finish = self._append_token(seq, t)
+            if finish is not None:
+                return kept, finish
+        return kept, None
+
+    def _append_token(self, seq: _Sequence, token: int) -> str | None:
+        """Detokenize one appended token into seq.text; 'stop' or 'length' when it ends the
+        sequence (the text then ends at the stop string's start, or with a dangling partial
+        character flushed), None otherwise."""
+        p, tok = seq.req.params, self.tokenizer
+        if token in tok.stop_ids and len(seq.out_ids) > p.min_tokens:
+            seq.text += seq.detokenizer.flush()  # the end: a dangling partial char shows
+            return "stop"
+        # Text token by token: the token that completes a stop string is the last one kept.
+        searched = len(seq.text)
+        seq.text += seq.detokenizer.add(token)
+        cut = _find_stop(seq.text, p.stop, searched) if p.stop else None
+        if cut is not None:
+            seq.text = seq.text[:cut]
+            return "stop"
+        if len(seq.out_ids) >= p.max_tokens:
+            seq.text += seq.detokenizer.flush()
+            return "length"
+        return None
+
+    def _record_step(self, seq: _Sequence, num_drafts: int, num_kept: int) -> None:
+        """The request's speculate_metrics and the server-wide counters for one step."""
+        seq.metrics.record(num_kept)
+        self.counters.record_verify(num_drafts, num_kept)
+        self.counters.record_tokens(generated=num_kept)
+
+    @staticmethod
+    def _next_text_delta(seq: _Sequence) -> str:
+        """The text not yet sent that may be sent now, and mark it sent. While the sequence
+        runs, a possible prefix of a stop string is held back: it must not reach the client if
+        the stop completes. (A partial UTF-8 character never reaches seq.text before it
+        completes.)"""
+        sendable = seq.text
+        if not seq.finished:
+            hold = max((len(s) for s in seq.req.params.stop), default=1) - 1
+            if hold:
+                sendable = sendable[: max(len(sendable) - hold, seq.text_sent)]
+        delta, seq.text_sent = sendable[seq.text_sent :], max(len(sendable), seq.text_sent)
+        return delta
+
+    def _release(self, seq: _Sequence) -> None:
+        """A finished sequence gives its slot back."""
+        self._slots[seq.slot] = None
+        self.counters.record_tokens(finished=1)
 
     def _logprobs(self, logits: Tensor, tokens: list[int]) -> list[TokenLogprob]:
         """Log-probabilities of the raw target distribution (before temperature / top-p)."""

@@ -104,9 +104,54 @@ def test_server_ignoring_sigterm_is_killed_after_grace(tmp_path: Path, marker: s
     server = ServerProcess(_spec(code, marker, health="/"), tmp_path, grace_s=1.0)
     server.start()
     started = time.monotonic()
-    server.stop()
+    assert server.stop() == -signal.SIGKILL  # the exit code says it had to be killed
     assert time.monotonic() - started < 60  # the 1 s grace, then SIGKILL; not the default wait
     assert not survivors(marker, 3)
+    assert server.stop() is None  # a second stop is a no-op
+
+
+def test_start_without_waiting_then_exit_codes_of_a_clean_shutdown(
+    tmp_path: Path, marker: str
+) -> None:
+    # Exits 7 on SIGTERM: the code must come back from wait() (the server stopped by itself)
+    # and from stop() (the launcher stopped it), not a generic "terminated".
+    code = textwrap.dedent(
+        """
+        import http.server, signal, sys
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))
+        http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port=int(sys.argv[1]), bind='127.0.0.1')
+        """
+    )
+    first = ServerProcess(_spec(code, marker, health="/"), tmp_path, name="first")
+    second = ServerProcess(_spec(code, marker, health="/"), tmp_path, name="second")
+    try:
+        for server in (first, second):
+            server.start(wait=False)  # both load at once
+            assert server.pid is not None
+        for server in (first, second):
+            server.wait_healthy()
+            assert requests.get(server.url + "/", timeout=5).status_code == 200
+        os.kill(first.pid, signal.SIGTERM)
+        assert first.wait(timeout=60) == 7
+        assert first.stop() == 7
+        assert second.stop() == 7
+    finally:
+        first.stop()
+        second.stop()
+    assert first.pid is None and not survivors(marker, 5)
+    with pytest.raises(RuntimeError, match="'first' is not running"):
+        first.wait(timeout=1)
+
+
+def test_wait_healthy_after_a_start_without_waiting_fails_fast_and_tears_down(
+    tmp_path: Path, marker: str
+) -> None:
+    code = "import sys; print('bad flag --nope', flush=True); sys.exit(2)"
+    server = ServerProcess(_spec(code, marker, timeout=600), tmp_path)
+    server.start(wait=False)
+    with pytest.raises(ServerStartError, match="exited with code 2"):
+        server.wait_healthy()
+    assert server.pid is None and not survivors(marker, 5)
 
 
 HARNESS = textwrap.dedent(

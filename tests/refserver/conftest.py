@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.refserver.helpers import HYBRID, Server, launch_server
+from e2e.server import ServerProcess, log_excerpt
+from tests.refserver.helpers import HYBRID, launch_server
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,9 +31,9 @@ def model_and_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def hybrid_server(tmp_path_factory) -> Iterator[Server]:
+def hybrid_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """A hybrid (MTP s=3 + n-gram, K=5) server, shared by a test module."""
     server = launch_server(tmp_path_factory.mktemp("srv"), "--speculative-config", HYBRID)
     yield server
-    code = server.terminate()
-    print(f"refserver exit code {code}; log tail:\n{server.log_tail(15)}")
+    code = server.stop()
+    print(f"refserver exit code {code}; log:\n{log_excerpt(server.log_path, 15)}")

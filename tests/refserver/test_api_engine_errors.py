@@ -15,9 +15,10 @@ import time
 import pytest
 import requests
 
+from e2e.ports import release_port, reserve_port
 from refserver.config import EngineConfig, SpeculativeConfig
 from refserver.engine import Engine
-from tests.refserver.helpers import MODEL, NGRAM, free_port
+from tests.refserver.helpers import MODEL, NGRAM
 
 CHAT = [{"role": "user", "content": "Say hi."}]
 
@@ -37,7 +38,7 @@ def planted_server(model_and_tokenizer):
         return real_prefill(seq)
 
     engine._prefill = prefill
-    port = free_port()
+    port = reserve_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -50,6 +51,7 @@ def planted_server(model_and_tokenizer):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=60)
+    release_port(port)
 
 
 def test_non_streaming_engine_failure_is_a_500_error_object(planted_server):

@@ -19,6 +19,7 @@ from collections import Counter
 import pytest
 import requests
 
+from e2e.server import log_excerpt
 from tests.refserver.helpers import MODEL, NGRAM, launch_server
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is in the dev extra")
@@ -55,9 +56,9 @@ def fuzz_server(tmp_path_factory):
         "--max-num-seqs", "4",
     )  # fmt: skip
     yield server
-    code = server.terminate()
+    code = server.stop()
     print(f"fuzz refserver exit code {code}")
-    assert code == 0, server.log_tail(30)
+    assert code == 0, log_excerpt(server.log_path, 30)
 
 
 class Tally:

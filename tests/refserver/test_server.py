@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -229,16 +231,16 @@ def test_sigterm_drains_in_flight_requests_and_exits_cleanly(tmp_path):
         )
         first = next(iter(stream))
         assert first.choices[0].delta.role == "assistant"
-        server.proc.send_signal(15)  # SIGTERM to the server itself, mid-stream
+        os.kill(server.pid, signal.SIGTERM)  # to the server itself, mid-stream
         rest = list(stream)
         finishing = [c for c in rest if c.choices and c.choices[0].finish_reason]
         assert finishing and finishing[-1].choices[0].finish_reason == "length"
         assert finishing[-1].choices[0].model_extra["speculate_metrics"]["accepted_tokens"] == 20
-        assert server.proc.wait(timeout=60) == 0
+        assert server.wait(timeout=60) == 0
         with pytest.raises(requests.ConnectionError):
             requests.get(server.url + "/health", timeout=2)
     finally:
-        server.terminate()
+        server.stop()
     assert "Application shutdown complete" in server.log_path.read_text()
 
 
