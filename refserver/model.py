@@ -224,22 +224,35 @@ def onednn_bf16_packing() -> bool:
     return ok
 
 
-class Linear(nn.Linear):
-    """x @ weight.T (no bias), with CPU bfloat16 fast paths once the weight is frozen.
+# float32 rows from which the oneDNN-packed weight is used. MKL's sgemm (F.linear) re-packs the
+# whole weight on every call from 4 rows on (at 1..3 rows it streams it): verifying K+1 = 6
+# tokens then cost ~2x a one-token step. Measured with benchmarks/verify_cost.py (see
+# docs/notes_i16b.md), natively (AVX-512) and with AVX2 only.
+F32_PACKED_MIN_ROWS = 4
 
-    `freeze_()` (inference, after the last `.to()`) enables, on CPU bf16 only, results equal
-    to F.linear's bit for bit and measured faster on this project's CPU (1 thread):
-    - one row (decode without drafts, MTP steps): `torch.mv`, ~25-40% faster;
-    - several rows (draft verification): a weight reordered once into oneDNN's blocked layout
-      (what inductor's weight freezing does), ~25% faster for 4..8 rows; for the 49152-row
-      output head it is slower, hence `pack=False` there.
-    Elsewhere (CUDA, float32, training, no oneDNN bf16) it is plain F.linear.
+
+class Linear(nn.Linear):
+    """x @ weight.T (no bias), with CPU fast paths once the weight is frozen.
+
+    `freeze_()` (inference, after the last `.to()`) enables, on CPU, paths measured faster on
+    this project's CPU (1 thread):
+    - bf16, one row (decode without drafts, MTP steps): `torch.mv`, ~25-40% faster;
+    - bf16, several rows (draft verification): a weight reordered once into oneDNN's blocked
+      layout (what inductor's weight freezing does), ~25% faster for 4..8 rows; for the
+      49152-row output head it is slower, hence `pack=False` there. Both equal F.linear's
+      result bit for bit.
+    - float32, >= F32_PACKED_MIN_ROWS rows: the same oneDNN-packed weight (also for the output
+      head), ~30-50% faster than MKL's sgemm, which re-packs the weight per call. Not F.linear's
+      bits (another summation order; F.linear is not row-invariant either: its rows at M >= 2
+      differ from M = 1 in the last bits): refserver's greedy outputs were checked unchanged.
+    Elsewhere (CUDA, training, no oneDNN) it is plain F.linear.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
-        self.cpu_bf16 = False  # set by freeze_: the fast paths apply
+        self.cpu_bf16 = False  # set by freeze_: the bf16 fast paths apply
         self.packed: Tensor | None = None
+        self.packed_min_rows = 2  # rows from which `packed` is used (set by freeze_)
 
     @classmethod
     def frozen(cls, weight: Tensor, pack: bool = True) -> Linear:
@@ -250,18 +263,22 @@ class Linear(nn.Linear):
         return lin.freeze_(pack)
 
     def freeze_(self, pack: bool = True) -> Linear:
+        """`pack`: whether a bf16 weight gets the packed multi-row path (float32 always does)."""
         w = self.weight
-        self.cpu_bf16 = w.device.type == "cpu" and w.dtype == torch.bfloat16
-        if pack and self.cpu_bf16 and onednn_bf16_packing():
+        cpu = w.device.type == "cpu"
+        self.cpu_bf16 = cpu and w.dtype == torch.bfloat16
+        cpu_f32 = cpu and w.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+        if (pack and self.cpu_bf16 and onednn_bf16_packing()) or cpu_f32:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8)
+            self.packed_min_rows = F32_PACKED_MIN_ROWS if cpu_f32 else 2
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.cpu_bf16:
-            if x.numel() == x.shape[-1]:  # one row: a matrix-vector product
-                return torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
-            if self.packed is not None:
-                return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        rows = x.numel() // x.shape[-1]
+        if self.cpu_bf16 and rows == 1:  # one row: a matrix-vector product
+            return torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
+        if self.packed is not None and rows >= self.packed_min_rows:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         return F.linear(x, self.weight)
 
 
