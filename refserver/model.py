@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,15 +230,20 @@ def f32_packed_min_rows() -> int | None:
     """From how many rows a float32 Linear uses its oneDNN-packed weight; None: never.
 
     MKL's sgemm (F.linear) copies the whole weight into its own layout on every call once a
-    call has enough rows: from 4 rows with its AVX-512 kernels, from 2 with its AVX2 ones
-    (MKL_ENABLE_INSTRUCTIONS=AVX2). Verifying K+1 = 6 tokens then cost ~2x a one-token step.
-    A weight packed once avoids that copy; below those row counts MKL is as fast or faster.
-    Measured with benchmarks/verify_cost.py (docs/notes_i16b.md). x86 only (the ISA names).
+    call has enough rows: from 4 rows with its AVX-512 kernels, from 2 with its AVX2 ones.
+    Verifying K+1 = 6 tokens then cost ~1.5-2x a one-token step. A weight packed once avoids
+    the copy; below those row counts MKL is as fast or faster. MKL picks its kernels from the
+    hardware and MKL_ENABLE_INSTRUCTIONS, not from ATEN_CPU_CAPABILITY/ONEDNN_MAX_CPU_ISA, so
+    that is what decides here. Measured with benchmarks/verify_cost.py (docs/notes_i16b.md).
+    x86 only (the capability names).
     """
-    isa = torch.backends.cpu.get_cpu_capability()
-    if not torch.backends.mkldnn.is_available() or isa not in ("AVX2", "AVX512"):
+    if not torch.backends.mkldnn.is_available():
         return None
-    return 4 if isa == "AVX512" else 2
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return None
+    mkl_isa = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "AVX512").upper()
+    mkl_avx512 = torch.cpu._is_avx512_supported() and mkl_isa.startswith("AVX512")
+    return 4 if mkl_avx512 else 2
 
 
 class Linear(nn.Linear):
