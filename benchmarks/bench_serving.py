@@ -232,9 +232,12 @@ class ServerTarget:
         done = send(self.server.url, chat_request(self.label, messages, max_tokens), 1800)
         tokens = (done.usage or {}).get("completion_tokens")
         if tokens != max_tokens:
+            last = done.chunks[-1] if done.chunks else None
             raise RuntimeError(
                 f"{self.label}: {tokens} completion tokens, asked for exactly {max_tokens} "
-                "(min_tokens = max_tokens): the rounds would not compare like with like"
+                "(min_tokens = max_tokens): the rounds would not compare like with like; "
+                f"finish_reason {done.finish_reason!r}, {len(done.chunks)} chunks, the last "
+                f"{json.dumps(last)[:500]}\n{self.server.failure_context()}"
             )
         if self.label in VLLM_CONFIGS:
             steps, accepted = vllm_steps(self.label, done, tokens)
