@@ -444,7 +444,9 @@ def start_servers(s: Settings, tmp: Path) -> tuple[list[ServerTarget], str | Non
                 log_name = f"{name.replace(' ', '_').replace('=', '')}-t{t}"
                 server = ServerProcess(spec, tmp, name=log_name)
                 targets.append(ServerTarget(name, t, server))
-                server.start(wait=False)
+                # vLLM servers one at a time (two loading at once beside the others have lost
+                # a worker at start on this 23 GB VM); refserver's load in parallel meanwhile
+                server.start(wait=name in VLLM_CONFIGS)
         for target in targets:
             target.server.wait_healthy()
     except BaseException:
