@@ -378,7 +378,7 @@ def vllm_specs(threads: int) -> dict[str, ServerSpec] | str:
 
     `vllm ngram K=5` is the scenario's command as written (float32, n-gram K=5, lookup 3..1,
     checked); `vllm none` is the same command without `--speculative-config` and the per-request
-    metrics flag. Both get `threads` OpenMP threads, unpinned like refserver's
+    metrics flag. Both get 1 GiB of KV cache and `threads` OpenMP threads, unpinned like refserver's
     (VLLM_CPU_OMP_THREADS_BIND=nobind; vLLM's own default pins and keeps a core for its
     scheduler, which on 2 cores leaves one thread)."""
     scenario = load_scenario(VLLM_SCENARIO)
@@ -396,6 +396,9 @@ def vllm_specs(threads: int) -> dict[str, ServerSpec] | str:
             f"{wrong}"
         )
     env = on.env | {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads)}
+    # 1 GiB of KV cache holds ~23k tokens, 8 slots x 2048 fit; the scenario's 2 GiB per server
+    # got a vLLM worker OOM-killed on the shared 23 GB VM with everything else loaded.
+    env["VLLM_CPU_KVCACHE_SPACE"] = "1"
     off = without_options(command, ("--speculative-config", "--per-request-spec-decode-metrics"))
     return {
         VLLM_NGRAM: replace(on, env=env),
