@@ -210,6 +210,7 @@ def test_vllm_none_is_the_scenario_command_without_speculation():
         without_options(on, ("--speculative-config", "--per-request-spec-decode-metrics")) == none
     )
     assert specs[VLLM_BASELINE].env["OMP_NUM_THREADS"] == "2"
+    assert specs[VLLM_NGRAM].env["LD_PRELOAD"].endswith("libiomp5.so")  # vLLM's CPU set-up
 
 
 def test_no_vllm_flag():
