@@ -20,18 +20,20 @@ from refimpl.generate import case_seed, generate
 SEED = 20261127
 
 
-def look_back_prefix(aggregates, inclusive, tile, rng):
+def look_back_prefix(aggregates, inclusive, tile, rng, mutation=None):
     """Exclusive prefix sums (S, E) of `tile`: aggregates walked back to an inclusive prefix,
     as the kernel's look-back does (which tile's inclusive prefix is there in time is random)."""
     stop = rng.randint(-1, tile - 1)
     s, e = inclusive[stop] if stop >= 0 else (0, 0)
     for t in range(stop + 1, tile):
         s, e = s + aggregates[t][0], e + aggregates[t][1]
+    if mutation == "prefix_without_eligible":  # a look-back that forgets earlier tiles' E
+        e = 0
     return s, e
 
 
 def parallel_formulation(prompts, generated, steps, drafts, lens, dec, max_dec, max_n, min_n, k,
-                         threshold, tile_rows=None, rng=None):  # fmt: skip
+                         threshold, tile_rows=None, rng=None, mutation=None):  # fmt: skip
     """Uncut counts -> prefix sums per tile -> the exact rule on affected rows. Mirrors
     finalise_tile: no row looks for b*; every affected row (b* and all after it) gets the
     threshold rule with the uncut totals, which leaves nothing to the rows after b*.
@@ -64,7 +66,7 @@ def parallel_formulation(prompts, generated, steps, drafts, lens, dec, max_dec, 
     rng = rng or random.Random(0)
     b_star = None
     for t, tile in enumerate(tiles):
-        run_c, run_e = look_back_prefix(aggregates, inclusive, t, rng)
+        run_c, run_e = look_back_prefix(aggregates, inclusive, t, rng, mutation)
         for i, (ori, budget, eligible, cont, um) in enumerate(tile):
             b = t * tile_rows + i
             run_e += eligible
@@ -79,6 +81,8 @@ def parallel_formulation(prompts, generated, steps, drafts, lens, dec, max_dec, 
                 if total + budget + unproc > threshold:
                     cut = min(budget, threshold - total - unproc)
                 m = 0 if total + unproc >= threshold - 1 else min(cut, um)
+                if mutation == "clip_only":  # the clip without the skip test
+                    m = min(cut, um)
             drafts[b][ori : ori + m] = cont[:m]
             lens[b] = ori + m
     return b_star
@@ -127,3 +131,22 @@ def test_prefix_sum_threshold_pass_equals_the_sequential_definition(recipe, tile
     assert checked >= 50
     if recipe.startswith("threshold"):
         assert with_cut >= 10  # the argument is exercised, not vacuous
+
+
+@pytest.mark.parametrize("mutation", ["prefix_without_eligible", "clip_only"])
+def test_mutations_of_the_formulation_are_caught(mutation):
+    """The check above can fail: two plausible mistakes differ from the oracle on these batches."""
+    rng = random.Random(SEED)
+    caught = 0
+    for i in range(40):
+        seed = case_seed(SEED, "threshold_pressure", i)
+        batch = generate("threshold_pressure", seed)
+        want, got = _lists(batch), _lists(batch)
+        args = (batch.max_ngram_size, batch.min_ngram_size, batch.max_draft_tokens)
+        hybrid_mtp_ngram_lists(*want, *args, threshold=batch.threshold)
+        parallel_formulation(
+            *got, *args, threshold=batch.threshold, tile_rows=3, rng=rng, mutation=mutation
+        )
+        caught += (want[3], want[4]) != (got[3], got[4])
+    print(f"mutation={mutation} base seed={SEED}: caught on {caught} of 40 batches")
+    assert caught >= 5
