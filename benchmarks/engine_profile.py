@@ -88,7 +88,7 @@ def instrument(engine: Any, t: Timings) -> None:
     model = engine.model
     model.forward = t.wrap(type(model).forward.__get__(model), "target fwd")
     model.logits = t.wrap(type(model).logits.__get__(model), "logits")
-    for name in ("_accept", "_emit"):
+    for name in ("_accept", "_take", "_deliver"):
         setattr(engine, name, t.wrap(getattr(type(engine), name).__get__(engine), "accept/emit"))
     engine._prefill = t.wrap(type(engine)._prefill.__get__(engine), "prefill")
     inner_verify = type(engine)._verify.__get__(engine)
@@ -108,7 +108,7 @@ def instrument(engine: Any, t: Timings) -> None:
 def uninstrument(engine: Any) -> None:
     for obj, names in (
         (engine.model, ("forward", "logits")),
-        (engine, ("_accept", "_emit", "_prefill", "_verify", "step")),
+        (engine, ("_accept", "_take", "_deliver", "_prefill", "_verify", "step")),
         (engine.mtp, ("draft",)),
         (engine.ngram, ("extend",)),
     ):
