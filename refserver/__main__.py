@@ -42,6 +42,11 @@ def build_parser(prog: str = "python -m refserver") -> argparse.ArgumentParser:
         help="deliver each step's outputs (detokenization, stop strings, streaming, metrics) "
         "while the device computes the next step (FastDeploy's overlap scheduler)",
     )
+    p.add_argument(
+        "--enable-logprob",
+        action="store_true",
+        help="accepted for FastDeploy command lines; refserver always serves logprobs",
+    )
     p.add_argument("--max-num-seqs", type=int, default=8)
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
