@@ -59,14 +59,14 @@ GRAPHS='{"use_cudagraph":true,"use_unique_memory_pool":true,"draft_model_use_cud
 specgate() { python3 -c "import sys; from specgate.cli import main; sys.exit(main())" "$@"; }
 if has graphs; then
   log "CUDA-graph tests (texts with graphs == eager, overlap on, more requests than slots)"
-  timeout 200 python3 -m pytest -q -p no:cacheprovider -p specgate.pytest_plugin \
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -p specgate.pytest_plugin \
     tests/refserver/test_engine.py -k "cuda_graphs or overlap" -rs > "$OUT/graphs.log" 2>&1
   echo "rc=$?" >> "$OUT/graphs.log"; tail -4 "$OUT/graphs.log" | tee -a "$OUT/summary.txt"
 fi
 if has scenarios; then
   log "scenarios: refserver-gpu-e2e (baseline measured on this card, then run) + cudagraph lossless"
-  { timeout 150 specgate baseline update refserver-gpu-e2e; echo "baseline rc=$?"
-    timeout 240 specgate run --skip-kernel --scenario refserver-gpu-e2e --scenario refserver-cudagraph-lossless
+  { timeout 120 specgate baseline update refserver-gpu-e2e; echo "baseline rc=$?"
+    timeout 200 specgate run --skip-kernel --scenario refserver-gpu-e2e --scenario refserver-cudagraph-lossless
     echo "run rc=$?"; } > "$OUT/scenarios.log" 2>&1
   cp baselines/refserver-gpu-e2e.yaml "$OUT/" 2>/dev/null
   grep -E "^\[|passed|failed|skipped|rc=|wrote|NOT" "$OUT/scenarios.log" | tail -12 | tee -a "$OUT/summary.txt"
@@ -75,7 +75,7 @@ if has bench; then
   for mode in eager graphs; do
     args=""; [[ $mode == graphs ]] && args="--enable-overlap-schedule --graph-optimization-config '$GRAPHS'"
     log "bench_serving $mode: float32, none + hybrid K=5 s=3, c=1 and 8, 64 tokens, HTTP"
-    timeout 200 python3 -m benchmarks.bench_serving --device cuda --dtype float32 --no-peer \
+    timeout 150 python3 -m benchmarks.bench_serving --device cuda --dtype float32 --no-peer \
       --configs none "hybrid K=5 s=3" --concurrency 1 8 --max-tokens 64 --rounds 3 \
       --prompts-per-kind 4 --threads 1 --server-args "$args" --out "$OUT/bench_$mode.md" \
       > /tmp/bench_$mode.log 2>&1
@@ -88,7 +88,7 @@ if has profile; then
   for c in 1 8; do
     for mode in eager graphs; do
       args=""; [[ $mode == graphs ]] && args="--overlap --graphs $GRAPHS"
-      timeout 120 python3 -m benchmarks.engine_profile --device cuda --dtype float32 \
+      timeout 90 python3 -m benchmarks.engine_profile --device cuda --dtype float32 \
         --spec none --spec hybrid53 --max-tokens 64 --prompts 8 --kind all --concurrency $c \
         --rounds 1 $args 2>&1 | grep -E "^\||host share|Error|error" >> "$OUT/profile.log"
     done
