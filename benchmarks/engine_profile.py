@@ -154,23 +154,13 @@ def host_share(engine: Any, prompts: list[list[int]], max_tokens: int, concurren
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    steps = [0]
-    inner_verify = type(engine)._verify.__get__(engine)
-
-    def verify(rows: list[Any]) -> Any:
-        steps[0] += bool(rows)
-        return inner_verify(rows)
-
-    engine._verify = verify
-    try:
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            _, out = run_once(engine, prompts, max_tokens, concurrency)
-            torch.cuda.synchronize()
-            wall = time.perf_counter() - start
-    finally:
-        del engine._verify
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        t, out = run_once(engine, prompts, max_tokens, concurrency)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    steps = [t.steps]
     busy_us = sum(e.self_device_time_total for e in prof.key_averages())
     n = max(steps[0], 1)
     return {
@@ -179,6 +169,7 @@ def host_share(engine: Any, prompts: list[list[int]], max_tokens: int, concurren
         "host_share": 1 - 1e-6 * busy_us / wall,
         "steps": steps[0],
         "tokens": sum(len(o) for o in out),
+        "top_host_ops": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8),
     }
 
 
@@ -259,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.concurrency}, graphs {args.graphs or 'off'}, overlap "
             f"{'on' if args.overlap else 'off'}\n"
         )
+        tops = {}
         print("| config | steps | wall ms/step | GPU busy ms/step | host share | tok/step |")
         print("|---|---|---|---|---|---|")
         for name, engine in engines.items():
@@ -267,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {name} | {h['steps']} | {h['wall_ms']:.2f} | {h['gpu_ms']:.2f} | "
                 f"{100 * h['host_share']:.0f}% | {h['tokens'] / max(h['steps'], 1):.2f} |"
             )
+            tops[name] = h["top_host_ops"]
+        for name, table in tops.items():
+            print(f"\n{name}: where the host's time goes (torch.profiler, self CPU time)\n{table}")
         return 0
 
     runs: dict[str, list[Timings]] = defaultdict(list)

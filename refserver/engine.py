@@ -395,25 +395,29 @@ class Engine:
             batch_slots = [s.slot for s in rows]
         T = 1 + (self.K if graphed else max(len(s.drafts) for s in rows))
         by_slot = {s.slot: s for s in rows}
-        host = torch.zeros((2, len(batch_slots), T), dtype=torch.long)  # tokens, positions
-        for b, slot in enumerate(batch_slots):
+        tokens: list[int] = []
+        positions: list[int] = []
+        for slot in batch_slots:
             s = by_slot.get(slot)
             if s is None:  # a graph's padding row: positions 0.. of a slot nobody reads
-                host[1, b] = torch.arange(T)
+                tokens += [0] * T
+                positions += range(T)
                 continue
             inp = [s.last_token, *s.drafts]
-            host[0, b, : len(inp)] = torch.tensor(inp)
+            tokens += inp + [0] * (T - len(inp))
             # Padding continues the row's positions: it writes KV beyond the row's real tokens,
             # which no real query reads and the next step overwrites.
-            host[1, b] = torch.arange(s.kv_len, s.kv_len + T)
-        tokens, positions = host.to(self.device, non_blocking=True)
-        slots = torch.tensor(batch_slots, device=self.device)
+            positions += range(s.kv_len, s.kv_len + T)
+        B = len(batch_slots)
+        inputs = torch.tensor(tokens + positions + batch_slots).to(self.device)  # one copy
+        args = inputs[: B * T].view(B, T), inputs[B * T : 2 * B * T].view(B, T), inputs[2 * B * T :]
         if graphed:
-            hidden, logits, argmax = self._verify_graph(tokens, positions, slots)
+            hidden, logits, argmax = self._verify_graph(*args)
         else:
-            hidden, logits, argmax = self._verify_batch(tokens, positions, slots)
-        if graphed:  # the graph's rows are slots 0..bucket-1; copy out ours
-            index = torch.tensor([batch_slots.index(s.slot) for s in rows], device=self.device)
+            hidden, logits, argmax = self._verify_batch(*args)
+        order = [batch_slots.index(s.slot) for s in rows]
+        if order != list(range(B)):  # a graph's rows are slots 0..bucket-1: copy out ours
+            index = torch.tensor(order, device=self.device)
             hidden, logits, argmax = hidden[index], logits[index], argmax[index]
         if self.overlap:
             self._deliver_pending()  # host work of the last step, while the device works

@@ -103,13 +103,15 @@ class MTPDrafter:
             tokens.append([x.next_tokens[i] for i in idx])
             positions.append([x.start + i for i in idx])
             last.append(m - 1)
-        host = torch.tensor([*tokens, *positions], dtype=torch.int64).to(device)
+        B, W = len(slots), width
+        flat = [t for row in tokens for t in row] + [p for row in positions for p in row]
+        host = torch.tensor(flat + last + list(slots), dtype=torch.int64).to(device)  # one copy
         return (
             torch.stack(hidden),
-            host[: len(slots)],
-            host[len(slots) :],
-            torch.tensor(last, device=device),
-            torch.tensor(list(slots), device=device),
+            host[: B * W].view(B, W),
+            host[B * W : 2 * B * W].view(B, W),
+            host[2 * B * W : 2 * B * W + B],
+            host[2 * B * W + B :],
         )
 
     def draft_batch(

@@ -56,7 +56,7 @@ for dtype in ${SERVER_DTYPES:-float32}; do
   echo "rc=$?" >> "$OUT/server_$dtype.log"; tail -3 "$OUT/server_$dtype.log" | tee -a "$OUT/summary.txt"
 done
 GRAPHS='{"use_cudagraph":true,"use_unique_memory_pool":true,"draft_model_use_cudagraph":true}'
-specgate() { python3 -c "import sys; from specgate.cli import main; sys.exit(main())" "$@"; }
+SPECGATE=(python3 -c "import sys; from specgate.cli import main; sys.exit(main())")  # not installed
 if has graphs; then
   log "CUDA-graph tests (texts with graphs == eager, overlap on, more requests than slots)"
   timeout 150 python3 -m pytest -q -p no:cacheprovider -p specgate.pytest_plugin \
@@ -65,8 +65,8 @@ if has graphs; then
 fi
 if has scenarios; then
   log "scenarios: refserver-gpu-e2e (baseline measured on this card, then run) + cudagraph lossless"
-  { timeout 120 specgate baseline update refserver-gpu-e2e; echo "baseline rc=$?"
-    timeout 200 specgate run --skip-kernel --scenario refserver-gpu-e2e --scenario refserver-cudagraph-lossless
+  { timeout 120 "${SPECGATE[@]}" baseline update refserver-gpu-e2e; echo "baseline rc=$?"
+    timeout 200 "${SPECGATE[@]}" run --skip-kernel --scenario refserver-gpu-e2e --scenario refserver-cudagraph-lossless
     echo "run rc=$?"; } > "$OUT/scenarios.log" 2>&1
   cp baselines/refserver-gpu-e2e.yaml "$OUT/" 2>/dev/null
   grep -E "^\[|passed|failed|skipped|rc=|wrote|NOT" "$OUT/scenarios.log" | tail -12 | tee -a "$OUT/summary.txt"
@@ -84,13 +84,15 @@ if has bench; then
   done
 fi
 if has profile; then
-  log "host share per decode step (torch.profiler), float32, 4 repetitive prompts x 64 tokens"
+  log "host share per decode step (torch.profiler), float32, 8 held-out prompts x 64 tokens"
   for c in 1 8; do
     for mode in eager graphs; do
       args=""; [[ $mode == graphs ]] && args="--overlap --graphs $GRAPHS"
       timeout 90 python3 -m benchmarks.engine_profile --device cuda --dtype float32 \
         --spec none --spec hybrid53 --max-tokens 64 --prompts 8 --kind all --concurrency $c \
-        --rounds 1 $args 2>&1 | grep -E "^\||host share|Error|error" >> "$OUT/profile.log"
+        --rounds 1 $args > "/tmp/profile_${c}_$mode.log" 2>&1
+      grep -E "^\||host share|Error|error" "/tmp/profile_${c}_$mode.log" >> "$OUT/profile.log"
+      if [[ $c == 1 ]]; then sed -n '/where the host/,$p' "/tmp/profile_${c}_$mode.log" >> "$OUT/profile_ops.log"; fi
     done
   done
   cat "$OUT/profile.log" | tee -a "$OUT/summary.txt"
