@@ -84,12 +84,12 @@ if has bench; then
   done
 fi
 if has profile; then
-  log "host share per decode step (torch.profiler), float32, 8 held-out prompts x 64 tokens"
-  for c in 1 8; do
+  log "host share per decode step (torch.profiler), float32, 4 held-out prompts x 64 tokens"
+  for c in ${PROFILE_CONCURRENCY:-1}; do
     for mode in eager graphs; do
       args=""; [[ $mode == graphs ]] && args="--overlap --graphs $GRAPHS"
       timeout 90 python3 -m benchmarks.engine_profile --device cuda --dtype float32 \
-        --spec none --spec hybrid53 --max-tokens 64 --prompts 8 --kind all --concurrency $c \
+        --spec none --spec hybrid53 --max-tokens 64 --prompts 4 --kind all --concurrency $c \
         --rounds 1 $args > "/tmp/profile_${c}_$mode.log" 2>&1
       grep -E "^\||host share|Error|error" "/tmp/profile_${c}_$mode.log" >> "$OUT/profile.log"
       if [[ $c == 1 ]]; then sed -n '/where the host/,$p' "/tmp/profile_${c}_$mode.log" >> "$OUT/profile_ops.log"; fi
