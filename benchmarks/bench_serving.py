@@ -85,6 +85,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import statistics
 import sys
 import tempfile
@@ -152,6 +153,8 @@ class Settings:
     max_tokens: int
     prompts_per_kind: int
     seed: int
+    device: str = "cpu"
+    server_args: tuple[str, ...] = ()  # more refserver flags, e.g. the overlap schedule
     vllm: bool = True  # also serve vLLM n-gram on/off when its set-up exists (--no-vllm: not)
 
 
@@ -364,11 +367,24 @@ def load_peers(s: Settings) -> list[PeerTarget]:
     ]
 
 
-def refserver_spec(name: str, threads: int, dtype: str) -> ServerSpec:
-    """`python -m refserver` for one configuration: 8 slots (the highest concurrency), CPU."""
+def device_name(device: str) -> str:
+    """The accelerator as the driver names it (for every number reported), or the CPU."""
+    if not device.startswith("cuda"):
+        return f"cpu ({cpu_model()})"
+    import torch
+
+    index = torch.device(device).index or 0
+    props = torch.cuda.get_device_properties(index)
+    return f"{props.name}, CUDA {torch.version.cuda}, {props.total_memory / 2**30:.0f} GiB"
+
+
+def refserver_spec(
+    name: str, threads: int, dtype: str, device: str = "cpu", server_args: Sequence[str] = ()
+) -> ServerSpec:
+    """`python -m refserver` for one configuration: 8 slots (the highest concurrency)."""
     command = ["{python}", "-m", "refserver", "--host", "127.0.0.1", "--port", "{port}"]
-    command += ["--max-num-seqs", "8", "--device", "cpu", "--dtype", dtype, "--seed", "0"]
-    command += ["--threads", str(threads), "--max-model-len", "2048"]
+    command += ["--max-num-seqs", "8", "--device", device, "--dtype", dtype, "--seed", "0"]
+    command += ["--threads", str(threads), "--max-model-len", "2048", *server_args]
     if SPEC_CONFIGS[name]:
         command += ["--speculative-config", SPEC_CONFIGS[name]]
     return ServerSpec(command=tuple(command), cwd=str(REPO), startup_timeout=900)
@@ -443,7 +459,10 @@ def start_servers(s: Settings, tmp: Path) -> tuple[list[ServerTarget], str | Non
     vllm_missing = None if s.vllm else "skipped (--no-vllm)"
     try:
         for t in s.threads:
-            specs = {name: refserver_spec(name, t, s.dtype) for name in s.configs}
+            specs = {
+                name: refserver_spec(name, t, s.dtype, s.device, s.server_args)
+                for name in s.configs
+            }
             if s.vllm:
                 found = vllm_specs(t)
                 if isinstance(found, str):
@@ -858,6 +877,8 @@ def run(s: Settings, raw_json: Path | None = None) -> str:
     meta = {
         "machine": f"{platform.machine()}, {cpu_model()}",
         "torch": torch.__version__,
+        "device": device_name(s.device),
+        "server flags": " ".join(s.server_args) or "-",
         "dtype / torch threads (per server and peer)": f"{s.dtype} / "
         + ", ".join(map(str, s.threads)),
         "prompts": f"{len(prompts)} held-out chat prompts ({s.prompts_per_kind} repetitive, "
@@ -934,6 +955,13 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
         "--threads", type=int, nargs="+", help=f"one or more, default {DEFAULTS['threads']}"
     )
     ap.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    ap.add_argument("--device", default="cpu", help="the servers' --device (cpu | cuda)")
+    ap.add_argument(
+        "--server-args",
+        default="",
+        help="more refserver flags for every server, one shell-quoted string, e.g. "
+        '"--enable-overlap-schedule --graph-optimization-config \'{\\"use_cudagraph\\":true}\'"',
+    )
     ap.add_argument("--configs", nargs="+", choices=list(SPEC_CONFIGS), help="default: all")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--no-peer", action="store_true", help="skip the Hugging Face peers")
@@ -976,6 +1004,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
         max_tokens=a.max_tokens,
         prompts_per_kind=a.prompts_per_kind,
         seed=a.seed,
+        device=a.device,
+        server_args=tuple(shlex.split(a.server_args)),
         vllm=not a.no_vllm,
     )
     return s, a.out

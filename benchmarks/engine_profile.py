@@ -22,6 +22,13 @@ exclusive: time spent in a nested section counts only there.
 
 Per-step numbers divide by decode steps (target verification forwards); tok/s is generated
 tokens over the whole generate() wall time, prefill included. Not a test: prints a table.
+
+On a GPU (`--device cuda`) the section timers would only measure launches, so it reports the
+host share instead: each configuration runs once under torch.profiler, GPU busy time = the sum
+of its CUDA kernel and copy durations, host share = 1 - busy / wall (the part of a step in which
+the GPU waits for the host). `--graphs` (a --graph-optimization-config JSON) and `--overlap` set
+the engine the way the server flags do; the profiler's own per-op cost inflates the eager
+host share a little, not the graphs'.
 """
 
 from __future__ import annotations
@@ -88,7 +95,7 @@ def instrument(engine: Any, t: Timings) -> None:
     model = engine.model
     model.forward = t.wrap(type(model).forward.__get__(model), "target fwd")
     model.logits = t.wrap(type(model).logits.__get__(model), "logits")
-    for name in ("_accept", "_emit"):
+    for name in ("_accept", "_take", "_deliver"):
         setattr(engine, name, t.wrap(getattr(type(engine), name).__get__(engine), "accept/emit"))
     engine._prefill = t.wrap(type(engine)._prefill.__get__(engine), "prefill")
     inner_verify = type(engine)._verify.__get__(engine)
@@ -108,7 +115,7 @@ def instrument(engine: Any, t: Timings) -> None:
 def uninstrument(engine: Any) -> None:
     for obj, names in (
         (engine.model, ("forward", "logits")),
-        (engine, ("_accept", "_emit", "_prefill", "_verify", "step")),
+        (engine, ("_accept", "_take", "_deliver", "_prefill", "_verify", "step")),
         (engine.mtp, ("draft",)),
         (engine.ngram, ("extend",)),
     ):
@@ -141,6 +148,31 @@ def run_once(
     return t, [[tok for o in out for tok in o.token_ids] for out in outs]
 
 
+def host_share(engine: Any, prompts: list[list[int]], max_tokens: int, concurrency: int) -> dict:
+    """Per decode step: wall ms, GPU busy ms (kernels + copies, from torch.profiler) and the
+    host share 1 - busy / wall, over one greedy generate() of `prompts`."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        t, out = run_once(engine, prompts, max_tokens, concurrency)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    steps = [t.steps]
+    busy_us = sum(e.self_device_time_total for e in prof.key_averages())
+    n = max(steps[0], 1)
+    return {
+        "wall_ms": 1e3 * wall / n,
+        "gpu_ms": 1e-3 * busy_us / n,
+        "host_share": 1 - 1e-6 * busy_us / wall,
+        "steps": steps[0],
+        "tokens": sum(len(o) for o in out),
+        "top_host_ops": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
@@ -159,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         "labelled config@vN (default: the engine's default)",
     )
     ap.add_argument("--mtp-token-rank", default=None, help="token rank for --mtp-draft-vocab")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: report the host share")
+    ap.add_argument("--graphs", default=None, help="--graph-optimization-config JSON (CUDA)")
+    ap.add_argument("--overlap", action="store_true", help="--enable-overlap-schedule")
     args = ap.parse_args(argv)
     if args.max_tokens < 1:
         ap.error(f"--max-tokens {args.max_tokens}: expected >= 1")
@@ -167,14 +202,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from refserver.config import EngineConfig, SpeculativeConfig
+    from refserver.config import EngineConfig, GraphOptimizationConfig, SpeculativeConfig
     from refserver.engine import Engine
     from refserver.heldout import heldout_prompts
     from refserver.model import load_model
 
     torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    model, tok = load_model(dtype=dtype)
+    model, tok = load_model(dtype=dtype, device=args.device)
     picked = [p for p in heldout_prompts() if args.kind in ("all", p["kind"])][: args.prompts]
     prompts = [tok.encode(tok.apply_chat_template(p["messages"])) for p in picked]
     try:
@@ -197,12 +232,37 @@ def main(argv: list[str] | None = None) -> int:
                 mtp_head_path=args.mtp_head,
                 mtp_draft_vocab=vocab,
                 mtp_token_rank_path=args.mtp_token_rank,
+                device=args.device,
+                graph_optimization=GraphOptimizationConfig.from_json(args.graphs),
+                enable_overlap_schedule=args.overlap,
             )
             label = name if vocab is None or len(vocabs) == 1 else f"{name}@v{vocab}"
             engines[label] = Engine(config, model, tok)
     specs = list(engines)
-    for engine in engines.values():  # warm-up (allocator, oneDNN primitives)
+    for engine in engines.values():  # warm-up (allocator, oneDNN primitives, graph capture)
         run_once(engine, prompts[:1], 8)
+        if args.concurrency > 1:
+            run_once(engine, prompts[: args.concurrency], 8, args.concurrency)
+    if args.device.startswith("cuda"):
+        print(
+            f"\nhost share per decode step: {torch.cuda.get_device_name()}, {args.dtype}, "
+            f"{len(prompts)} {args.kind} prompt(s), max_tokens {args.max_tokens}, concurrency "
+            f"{args.concurrency}, graphs {args.graphs or 'off'}, overlap "
+            f"{'on' if args.overlap else 'off'}\n"
+        )
+        tops = {}
+        print("| config | steps | wall ms/step | GPU busy ms/step | host share | tok/step |")
+        print("|---|---|---|---|---|---|")
+        for name, engine in engines.items():
+            h = host_share(engine, prompts, args.max_tokens, args.concurrency)
+            print(
+                f"| {name} | {h['steps']} | {h['wall_ms']:.2f} | {h['gpu_ms']:.2f} | "
+                f"{100 * h['host_share']:.0f}% | {h['tokens'] / max(h['steps'], 1):.2f} |"
+            )
+            tops[name] = h["top_host_ops"]
+        for name, table in tops.items():
+            print(f"\n{name}: where the host's time goes (torch.profiler, self CPU time)\n{table}")
+        return 0
 
     runs: dict[str, list[Timings]] = defaultdict(list)
     outputs: dict[str, list] = {}

@@ -11,6 +11,7 @@ from refserver.config import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MTP_DRAFT_VOCAB,
     EngineConfig,
+    GraphOptimizationConfig,
     SpeculativeConfig,
 )
 from refserver.engine import MODEL_NAME
@@ -27,6 +28,24 @@ def build_parser(prog: str = "python -m refserver") -> argparse.ArgumentParser:
         default=None,
         help='FastDeploy JSON, e.g. \'{"method":"mtp","num_speculative_tokens":5,"num_model_steps":3,'
         '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}\' (default: none)',
+    )
+    p.add_argument(
+        "--graph-optimization-config",
+        default=None,
+        help='FastDeploy JSON, e.g. \'{"use_cudagraph":true,"draft_model_use_cudagraph":true,'
+        '"use_unique_memory_pool":true}\': replay the verify forward (and the MTP draft steps '
+        "with the n-gram op) as CUDA graphs per batch bucket; CUDA only (default: off)",
+    )
+    p.add_argument(
+        "--enable-overlap-schedule",
+        action="store_true",
+        help="deliver each step's outputs (detokenization, stop strings, streaming, metrics) "
+        "while the device computes the next step (FastDeploy's overlap scheduler)",
+    )
+    p.add_argument(
+        "--enable-logprob",
+        action="store_true",
+        help="accepted for FastDeploy command lines; refserver always serves logprobs",
     )
     p.add_argument("--max-num-seqs", type=int, default=8)
     p.add_argument("--max-model-len", type=int, default=2048)
@@ -82,6 +101,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m refserver") -> in
     try:
         config = EngineConfig(
             speculative=SpeculativeConfig.from_json(args.speculative_config),
+            graph_optimization=GraphOptimizationConfig.from_json(args.graph_optimization_config),
+            enable_overlap_schedule=args.enable_overlap_schedule,
             max_num_seqs=args.max_num_seqs,
             max_model_len=args.max_model_len,
             device=args.device,

@@ -118,8 +118,81 @@ class SpeculativeConfig:
 
 
 @dataclass(frozen=True)
+class GraphOptimizationConfig:
+    """The keys of FastDeploy's `--graph-optimization-config` that refserver reads.
+
+    use_cudagraph: capture the target's verify forward (K+1 tokens per row) once per batch-size
+    bucket and replay it; draft_model_use_cudagraph: the same for the MTP draft steps and the
+    n-gram op after them (run with `pad_to_max=True`, SPEC §1.4); use_unique_memory_pool: every
+    captured graph gets its own memory pool instead of one pool shared by all of them.
+    cudagraph_capture_sizes: the batch-size buckets (default 1, 2, 4, 8, ... up to max_num_seqs).
+    """
+
+    use_cudagraph: bool = False
+    draft_model_use_cudagraph: bool = False
+    use_unique_memory_pool: bool = False
+    cudagraph_capture_sizes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("use_cudagraph", "draft_model_use_cudagraph", "use_unique_memory_pool"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(
+                    f"--graph-optimization-config {name}={value!r}: expected true/false"
+                )
+        sizes = self.cudagraph_capture_sizes
+        if sizes is not None and (
+            not sizes
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)
+        ):
+            raise ValueError(
+                f"--graph-optimization-config cudagraph_capture_sizes={list(sizes)!r}: "
+                "expected a non-empty list of integers >= 1"
+            )
+        if self.draft_model_use_cudagraph and not self.use_cudagraph:
+            raise ValueError(
+                "--graph-optimization-config draft_model_use_cudagraph=true needs use_cudagraph=true"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.use_cudagraph
+
+    @classmethod
+    def from_json(cls, text: str | None) -> GraphOptimizationConfig:
+        if not text:
+            return cls()
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"--graph-optimization-config is not valid JSON ({e}): {text!r}"
+            ) from e
+        if not isinstance(data, dict):
+            raise ValueError(f"--graph-optimization-config must be a JSON object, got {text!r}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"--graph-optimization-config has unknown keys {unknown}; known: {sorted(known)}"
+            )
+        sizes = data.get("cudagraph_capture_sizes")
+        if isinstance(sizes, list):
+            data["cudagraph_capture_sizes"] = tuple(sizes)
+        elif sizes is not None:
+            raise ValueError(
+                f"--graph-optimization-config cudagraph_capture_sizes={sizes!r}: expected a list"
+            )
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    graph_optimization: GraphOptimizationConfig = field(default_factory=GraphOptimizationConfig)
+    # FastDeploy's --enable-overlap-schedule: the host work of a step (detokenization, stop
+    # strings, streaming, metrics) runs while the device computes the next step.
+    enable_overlap_schedule: bool = False
     max_num_seqs: int = 8
     max_model_len: int = 2048
     device: str = "cpu"
@@ -147,6 +220,11 @@ class EngineConfig:
                 f"mtp_draft_vocab={self.mtp_draft_vocab!r} (--mtp-draft-vocab): expected an "
                 "integer >= 0 "
                 "(0 = the full vocabulary)"
+            )
+        if self.graph_optimization.enabled and not self.device.startswith("cuda"):
+            raise ValueError(
+                f"--graph-optimization-config use_cudagraph=true needs a CUDA device, got "
+                f"--device {self.device}"
             )
         if self.ngram_impl not in ("auto", "op", "oracle"):
             raise ValueError(f"ngram_impl={self.ngram_impl!r}: expected 'auto', 'op' or 'oracle'")

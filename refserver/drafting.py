@@ -1,8 +1,8 @@
 """Draft extension by n-gram lookup through `hybrid_mtp_ngram` (SPEC §1), the op or the oracle.
 
-The engine hands over, per row, the prompt, the emitted tokens, the last emitted token and its
-MTP drafts (none for the plain `ngram` method). This module lays them out in the op's exact
-argument list, calls the op once for the batch, and reads back each row's full draft.
+The request state the op reads lives on the op's device for the whole request (see
+`NgramExtender`): nothing is rebuilt from Python lists per step. The op runs once per step over
+the whole slot batch, and each row's full draft comes back in one copy.
 """
 
 from __future__ import annotations
@@ -37,14 +37,23 @@ def resolve_impl(ngram_impl: str, device: torch.device) -> tuple[str, HybridFn]:
 
 @dataclass
 class DraftRow:
-    prompt: Sequence[int]
-    generated: Sequence[int]  # emitted tokens; the last one is draft_tokens[b, 0]
-    mtp_drafts: Sequence[int]
-    max_tokens: int
+    slot: int
+    last_token: int  # the last emitted token: draft_tokens[slot, 0]
+    num_generated: int  # emitted tokens so far (the last one included)
     kv_len: int  # tokens in the target's KV cache; > 0 for every active row
 
 
 class NgramExtender:
+    """The op's per-slot request state, resident on the op's device and updated in place.
+
+    Every argument of `hybrid_mtp_ngram` is a [max_slots, ...] tensor allocated once (the
+    FastDeploy layout: the whole slot batch, rows not drafting this step have
+    seq_lens_this_time = 0 and are never read). A request's prompt is copied into
+    `token_ids_all` once, at admission; each step's accepted tokens are appended to `pre_ids`
+    with one scatter (`record`), the MTP drafts are written there on the device, and one
+    device-to-host copy reads the step's drafts back.
+    """
+
     def __init__(
         self,
         impl: str,
@@ -53,49 +62,125 @@ class NgramExtender:
         max_ngram_size: int,
         min_ngram_size: int,
         device: torch.device,
+        max_slots: int,
+        max_len: int,
+        pad_to_max: bool = False,
     ) -> None:
         self.impl, self.fn, self.K = impl, fn, K
         self.max_ngram_size, self.min_ngram_size = max_ngram_size, min_ngram_size
+        self.pad_to_max = pad_to_max  # SPEC §1.4: every drafting row leaves with K+1 tokens
         # The oracle works on CPU tensors; the op gets tensors on the model's device.
-        self.device = device if impl == "op" else torch.device("cpu")
+        self.device = dev = device if impl == "op" else torch.device("cpu")
+        S = max_slots
+        i64 = dict(dtype=torch.int64, device=dev)
+        i32 = dict(dtype=torch.int32, device=dev)
+        self.token_ids_all = torch.full((S, max_len), -1, **i64)
+        self.prompt_lens = torch.zeros(S, **i64)
+        self.pre_ids = torch.full((S, max_len + K + 1), -1, **i64)
+        self.step_idx = torch.zeros(S, **i64)
+        self.draft_token_num = torch.full((S,), K, **i32)
+        self.draft_tokens = torch.full((S, K + 1), -1, **i64)
+        self.seq_lens_this_time = torch.zeros(S, **i32)
+        self.seq_lens_decoder = torch.zeros(S, **i32)
+        self.max_dec_len = torch.zeros(S, **i64)
+        self._pending: list[tuple[int, int, Sequence[int]]] = []  # (slot, start, tokens)
 
-    def extend(self, rows: Sequence[DraftRow]) -> list[list[int]]:
-        """Full drafts per row: the MTP drafts followed by the n-gram tokens the op appends."""
-        B, K = len(rows), self.K
-        s_all = max(len(r.prompt) for r in rows)
-        s_pre = max(len(r.generated) + len(r.mtp_drafts) for r in rows) + 1
-        token_ids_all = torch.full((B, s_all), -1, dtype=torch.int64)
-        pre_ids = torch.full((B, s_pre), -1, dtype=torch.int64)
-        draft_tokens = torch.full((B, K + 1), -1, dtype=torch.int64)
-        for b, r in enumerate(rows):
-            token_ids_all[b, : len(r.prompt)] = torch.tensor(r.prompt, dtype=torch.int64)
-            chain = [*r.generated, *r.mtp_drafts]
-            pre_ids[b, : len(chain)] = torch.tensor(chain, dtype=torch.int64)
-            draft_tokens[b, : 1 + len(r.mtp_drafts)] = torch.tensor(
-                [r.generated[-1], *r.mtp_drafts], dtype=torch.int64
-            )
-        args = dict(
-            token_ids_all=token_ids_all,
-            prompt_lens=torch.tensor([len(r.prompt) for r in rows], dtype=torch.int64),
-            pre_ids=pre_ids,
-            step_idx=torch.tensor(
-                [len(r.generated) + len(r.mtp_drafts) - 1 for r in rows], dtype=torch.int64
-            ),
-            draft_token_num=torch.full((B,), K, dtype=torch.int32),
-            draft_tokens=draft_tokens,
-            seq_lens_this_time=torch.tensor(
-                [1 + len(r.mtp_drafts) for r in rows], dtype=torch.int32
-            ),
-            seq_lens_decoder=torch.tensor([r.kv_len for r in rows], dtype=torch.int32),
-            max_dec_len=torch.tensor([r.max_tokens for r in rows], dtype=torch.int64),
+    def admit(self, slot: int, prompt: Sequence[int], max_tokens: int) -> None:
+        """A new request in `slot`: its prompt, once (the step's one copy of a whole row)."""
+        self.token_ids_all[slot, : len(prompt)] = torch.tensor(prompt, dtype=torch.int64)
+        self.prompt_lens[slot] = len(prompt)
+        self.max_dec_len[slot] = max_tokens
+        self._pending = [p for p in self._pending if p[0] != slot]
+
+    def record(self, slot: int, start: int, tokens: Sequence[int]) -> None:
+        """Emitted tokens `start ..` of the request in `slot`; written with the next `extend`."""
+        if tokens:
+            self._pending.append((slot, start, tokens))
+
+    def write_pending(self) -> None:
+        """All recorded tokens into `pre_ids` with one host-to-device copy and one scatter."""
+        if not self._pending:
+            return
+        rows, cols, values = [], [], []
+        for slot, start, tokens in self._pending:
+            rows += [slot] * len(tokens)
+            cols += range(start, start + len(tokens))
+            values += tokens
+        index = torch.tensor([rows, cols, values], dtype=torch.int64).to(self.device)
+        self.pre_ids[index[0], index[1]] = index[2]
+        self._pending = []
+
+    def row_state(
+        self, rows: Sequence[DraftRow], num_mtp_drafts: int, active: Sequence[bool] | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The per-row facts `run` takes, on the op's device in one copy: slots, last tokens,
+        step_idx, KV lengths and whether each row drafts (a CUDA graph's padding rows do not)."""
+        s = num_mtp_drafts
+        table = torch.tensor(
+            [
+                [r.slot for r in rows],
+                [r.last_token for r in rows],
+                [r.num_generated + s - 1 for r in rows],  # step_idx: the last written token
+                [r.kv_len for r in rows],
+                [1] * len(rows) if active is None else [int(a) for a in active],
+            ],
+            dtype=torch.int64,
         )
-        args = {k: v.to(self.device) for k, v in args.items()}
+        return tuple(table.to(self.device))
+
+    def run(
+        self,
+        slots: torch.Tensor,
+        last: torch.Tensor,
+        step_idx: torch.Tensor,
+        kv_len: torch.Tensor,
+        active: torch.Tensor,
+        mtp_drafts: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device work only (a CUDA graph can capture it): lay the rows' MTP drafts
+        ([len(slots), s] or None) into the state, run the op over the whole slot batch, and
+        return the rows' (draft_tokens, seq_lens_this_time). Idempotent: every in/out argument
+        is rewritten from the inputs first."""
+        s = 0 if mtp_drafts is None else mtp_drafts.shape[1]
+        self.seq_lens_this_time.zero_()
+        self.seq_lens_decoder.zero_()
+        self.seq_lens_this_time[slots] = (active * (1 + s)).int()
+        self.seq_lens_decoder[slots] = (active * kv_len).int()
+        self.step_idx[slots] = step_idx
+        self.draft_tokens[slots, 0] = last
+        if s:
+            drafts = mtp_drafts.to(self.device, torch.int64)
+            self.draft_tokens[slots, 1 : 1 + s] = drafts
+            # pre_ids holds the verified tokens then the MTP drafts (SPEC §1.2).
+            cols = (step_idx - s + 1)[:, None] + torch.arange(s, device=self.device)
+            self.pre_ids[slots[:, None].expand(-1, s), cols] = drafts
         self.fn(
-            **args,
-            max_ngram_size=self.max_ngram_size,
-            min_ngram_size=self.min_ngram_size,
-            max_draft_tokens=K,
+            self.token_ids_all,
+            self.prompt_lens,
+            self.pre_ids,
+            self.step_idx,
+            self.draft_token_num,
+            self.draft_tokens,
+            self.seq_lens_this_time,
+            self.seq_lens_decoder,
+            self.max_dec_len,
+            self.max_ngram_size,
+            self.min_ngram_size,
+            self.K,
+            pad_to_max=self.pad_to_max,
         )
-        lens = args["seq_lens_this_time"].tolist()
-        tokens = args["draft_tokens"].tolist()
-        return [tokens[b][1 : lens[b]] for b in range(B)]
+        return self.draft_tokens[slots], self.seq_lens_this_time[slots]
+
+    def extend(self, rows: Sequence[DraftRow], mtp_drafts: torch.Tensor | None) -> list[list[int]]:
+        """Full drafts per row: the MTP drafts (`mtp_drafts` [len(rows), s] on any device, or
+        None) followed by the n-gram tokens the op appends."""
+        self.write_pending()
+        s = 0 if mtp_drafts is None else mtp_drafts.shape[1]
+        drafts, lengths = self.run(*self.row_state(rows, s), mtp_drafts)
+        return read_drafts(drafts, lengths)
+
+
+def read_drafts(draft_tokens: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    """Each row's draft (draft_tokens[b, 1:lengths[b]]) in the step's one device-to-host copy."""
+    table = torch.cat([draft_tokens, lengths[:, None].to(draft_tokens.dtype)], 1).tolist()
+    return [row[1 : row[-1]] for row in table]

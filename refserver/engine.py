@@ -12,7 +12,19 @@ One engine thread owns the model. Each `step()`:
 3. admits waiting requests into the free slots and prefills them one by one (the first token is
    emitted right away; it is a step with accept_num = 1 for SPEC §2);
 4. drafts for the verified and the admitted rows at once: MTP for s tokens, then
-   `hybrid_mtp_ngram` (op or oracle).
+   `hybrid_mtp_ngram` (op or oracle) on request state that lives on its device
+   (`drafting.NgramExtender`).
+
+Acceptance is token-level (which tokens, cut at EOS and max_tokens); the output of a step
+(detokenization, stop strings, logprobs delivery, streaming, metrics) is `_PendingOutput`. Under
+`--enable-overlap-schedule` the outputs of step t are delivered while the device computes the
+verify forward of step t+1 (FastDeploy's overlap scheduler); a row that a stop string ends
+then had one step computed in vain, which is discarded, so texts and metrics are unchanged.
+
+Under `--graph-optimization-config '{"use_cudagraph": true}'` the verify forward (K+1 tokens per
+row) and, with draft_model_use_cudagraph, the MTP draft steps plus the op (`pad_to_max=True`)
+are CUDA graphs replayed per batch bucket (see `cuda_graphs.py`). A graph's batch is a prefix of
+the slots, 0..bucket-1; slots in it without a row compute padding that nothing reads.
 
 Requests come from other threads through `submit()`; results go back through each request's
 `sink` callback, called on the engine thread.
@@ -24,6 +36,7 @@ A batched forward or draft that raises is retried row by row, so the rows that w
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -38,7 +51,8 @@ import torch
 from torch import Tensor
 
 from refserver.config import DEFAULT_MTP_DRAFT_VOCAB, EngineConfig
-from refserver.drafting import DraftRow, NgramExtender, resolve_impl
+from refserver.cuda_graphs import GraphedPhase, capture_sizes
+from refserver.drafting import DraftRow, NgramExtender, read_drafts, resolve_impl
 from refserver.metrics import PrometheusCounters, RequestMetrics
 from refserver.model import Transformer, load_model
 from refserver.mtp import DEFAULT_RANK_PATH, MTPDrafter, MTPInput, load_mtp_drafter
@@ -93,16 +107,31 @@ class _Sequence:
     metrics: RequestMetrics
     generator: torch.Generator
     detokenizer: IncrementalDecoder
-    out_ids: list[int] = field(default_factory=list)
+    out_ids: list[int] = field(default_factory=list)  # accepted tokens (token-level cuts)
     kv_len: int = 0  # target KV positions [0, kv_len) are valid
     drafts: list[int] = field(default_factory=list)
     text: str = ""
     text_sent: int = 0
-    finished: bool = False
+    num_output: int = 0  # tokens delivered in outputs (out_ids[:num_output])
+    num_recorded: int = 0  # out_ids already written into the n-gram state
+    done: bool = False  # accepted its last token (EOS / max_tokens): slot freed, no more steps
+    finished: bool = False  # its last output is delivered (or a stop string ended it)
+    failed: bool = False  # ended with an error response
 
     @property
     def last_token(self) -> int:
         return self.out_ids[-1]
+
+
+@dataclass
+class _PendingOutput:
+    """One step's accepted tokens of one sequence, before detokenization and delivery."""
+
+    seq: _Sequence
+    tokens: list[int]
+    logprobs: list[TokenLogprob] | None
+    num_drafts: int
+    finish: str | None  # token-level: "stop" (EOS) | "length" (max_tokens) | None
 
 
 class Engine:
@@ -132,12 +161,32 @@ class Engine:
                 draft_vocab=_draft_vocab(config),
                 rank_path=config.mtp_token_rank_path,
             )
+        graphs = config.graph_optimization
         self.ngram: NgramExtender | None = None
         if self.spec.uses_ngram:
             impl, fn = resolve_impl(config.ngram_impl, self.device)
             self.ngram = NgramExtender(
-                impl, fn, self.K, self.spec.max_ngram_size, self.spec.min_ngram_size, self.device
+                impl,
+                fn,
+                self.K,
+                self.spec.max_ngram_size,
+                self.spec.min_ngram_size,
+                self.device,
+                config.max_num_seqs,
+                self.cache.max_len,
+                pad_to_max=graphs.use_cudagraph,
             )
+        self.overlap = config.enable_overlap_schedule
+        self._pending: list[_PendingOutput] = []
+        self._buckets = capture_sizes(config.max_num_seqs, graphs.cudagraph_capture_sizes)
+        self._verify_graph: GraphedPhase | None = None
+        self._draft_graph: GraphedPhase | None = None
+        if graphs.use_cudagraph:
+            pool = torch.cuda.graph_pool_handle() if graphs.use_unique_memory_pool else None
+            verify = functools.partial(self._verify_batch, static_kv_len=self.cache.max_len)
+            self._verify_graph = GraphedPhase("verify", verify, self.device, pool)
+            if graphs.draft_model_use_cudagraph and self.mtp is not None:
+                self._draft_graph = GraphedPhase("draft", self._draft_batch, self.device, pool)
         self.counters = PrometheusCounters(MODEL_NAME, self.K)
         self._stop_ids = sorted(tokenizer.stop_ids)
         self._rng = random.Random(config.seed)
@@ -147,13 +196,16 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._running = False
         log.info(
-            "engine: %s, max_num_seqs=%d, max_model_len=%d, %s %s, n-gram impl %s",
+            "engine: %s, max_num_seqs=%d, max_model_len=%d, %s %s, n-gram impl %s, "
+            "overlap schedule %s, cuda graphs %s",
             self.spec.label,
             config.max_num_seqs,
             config.max_model_len,
             config.device,
             config.dtype,
             self.ngram.impl if self.ngram else "-",
+            "on" if self.overlap else "off",
+            _graphs_label(self._verify_graph, self._draft_graph, self._buckets),
         )
 
     # ---------------------------------------------------------------- threading front end
@@ -186,13 +238,14 @@ class Engine:
         return len(self._waiting)
 
     def has_work(self) -> bool:
-        return bool(self._waiting) or self.num_running > 0
+        return bool(self._waiting) or self.num_running > 0 or bool(self._pending)
 
     def _drain_all(self) -> list[Request]:
         with self._lock:
             reqs = list(self._waiting) + [s.req for s in self._slots if s is not None]
             self._waiting.clear()
             self._slots = [None] * len(self._slots)
+            self._pending = []
         return reqs
 
     def _loop(self) -> None:
@@ -226,7 +279,10 @@ class Engine:
                 log.info("%s cancelled; slot %d freed", s.req.request_id, i)
                 self._slots[i] = None
         to_draft: list[tuple[_Sequence, MTPInput]] = []
-        to_draft += self._verify([s for s in self._slots if s is not None])
+        rows = [s for s in self._slots if s is not None]
+        if not rows:
+            self._deliver_pending()  # no forward to overlap with
+        to_draft += self._verify(rows)  # under overlap it delivers the last step's outputs
         to_draft += self._admit()
         if to_draft:
             self._draft(to_draft)
@@ -252,6 +308,8 @@ class Engine:
                     detokenizer=IncrementalDecoder(self.tokenizer),
                 )
                 self._slots[seq.slot] = seq
+                if self.ngram is not None:
+                    self.ngram.admit(seq.slot, req.prompt_ids, req.params.max_tokens)
                 item = self._prefill(seq)
             except Exception as exc:
                 self._fail(req, exc, free[0])
@@ -269,8 +327,8 @@ class Engine:
         seq.kv_len = len(ids)
         self.counters.record_tokens(prompt=len(ids))
         _, emitted = self._accept(seq, logits, [])
-        self._emit(seq, emitted, logits, num_drafts=0)
-        if seq.finished:
+        self._take(seq, emitted, logits, num_drafts=0)
+        if seq.done or seq.finished:
             return None
         return seq, MTPInput(seq.slot, hidden[0], [*ids[1:], seq.last_token], 0)
 
@@ -278,7 +336,11 @@ class Engine:
         """End one request with an error response and free its slot; no other row is touched."""
         log.error("%s failed: %s: %s", req.request_id, type(exc).__name__, exc, exc_info=exc)
         if slot is not None and self._slots[slot] is not None and self._slots[slot].req is req:
+            self._slots[slot].failed = True
             self._slots[slot] = None
+        for p in self._pending:
+            if p.seq.req is req:
+                p.seq.failed = True
         error = f"{type(exc).__name__}: {exc}"
         try:
             req.sink(StepOutput([], "", None, finish_reason="error", error=error))
@@ -313,6 +375,8 @@ class Engine:
         out = []
         for group, (hidden, logits, argmax) in self._in_groups(self._forward, rows):
             for b, s in enumerate(group):
+                if s.finished or self._slots[s.slot] is not s:
+                    continue  # ended (stop string, error) while its step was computed: discarded
                 try:
                     item = self._accept_row(s, hidden[b], logits[b], argmax[b])
                 except Exception as exc:
@@ -323,21 +387,67 @@ class Engine:
         return out
 
     def _forward(self, rows: list[_Sequence]) -> tuple[Tensor, Tensor, list[list[int]]]:
-        """(hidden, logits, argmax) of `[last token, drafts...]` for every row, padded to T."""
-        T = 1 + max(len(s.drafts) for s in rows)
-        tokens = torch.zeros((len(rows), T), dtype=torch.long)
-        positions = torch.zeros((len(rows), T), dtype=torch.long)
-        for b, s in enumerate(rows):
+        """(hidden, logits, argmax) of `[last token, drafts...]` for every row, padded to T
+        (K+1 under CUDA graphs). Pending outputs are delivered while the device computes."""
+        batch_slots = self._graph_batch(rows)
+        graphed = batch_slots is not None
+        if batch_slots is None:
+            batch_slots = [s.slot for s in rows]
+        T = 1 + (self.K if graphed else max(len(s.drafts) for s in rows))
+        by_slot = {s.slot: s for s in rows}
+        tokens: list[int] = []
+        positions: list[int] = []
+        for slot in batch_slots:
+            s = by_slot.get(slot)
+            if s is None:  # a graph's padding row: positions 0.. of a slot nobody reads
+                tokens += [0] * T
+                positions += range(T)
+                continue
             inp = [s.last_token, *s.drafts]
-            tokens[b, : len(inp)] = torch.tensor(inp)
+            tokens += inp + [0] * (T - len(inp))
             # Padding continues the row's positions: it writes KV beyond the row's real tokens,
             # which no real query reads and the next step overwrites.
-            positions[b] = torch.arange(s.kv_len, s.kv_len + T)
-        slots = torch.tensor([s.slot for s in rows])
-        dev = self.device
-        hidden = self.model(tokens.to(dev), positions.to(dev), self.cache, slots.to(dev))
+            positions += range(s.kv_len, s.kv_len + T)
+        B = len(batch_slots)
+        inputs = torch.tensor(tokens + positions + batch_slots).to(self.device)  # one copy
+        args = inputs[: B * T].view(B, T), inputs[B * T : 2 * B * T].view(B, T), inputs[2 * B * T :]
+        if graphed:
+            hidden, logits, argmax = self._verify_graph(*args)
+        else:
+            hidden, logits, argmax = self._verify_batch(*args)
+        order = [batch_slots.index(s.slot) for s in rows]
+        if order != list(range(B)):  # a graph's rows are slots 0..bucket-1: copy out ours
+            index = torch.tensor(order, device=self.device)
+            hidden, logits, argmax = hidden[index], logits[index], argmax[index]
+        if self.overlap:
+            self._deliver_pending()  # host work of the last step, while the device works
+        return hidden, logits, argmax.tolist()  # one host copy for the greedy rows
+
+    def _verify_batch(
+        self, tokens: Tensor, positions: Tensor, slots: Tensor, static_kv_len: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The target's verify forward: (hidden, float32 logits, argmax). The verify graph's
+        phase under use_cudagraph (static_kv_len set, slots == 0..bucket-1)."""
+        hidden = self.model(tokens, positions, self.cache, slots, static_kv_len=static_kv_len)
         logits = self.model.logits(hidden)  # [B, T, V] float32
-        return hidden, logits, logits.argmax(-1).tolist()  # one host copy for the greedy rows
+        return hidden, logits, logits.argmax(-1)
+
+    def _graph_batch(self, rows: list[_Sequence]) -> list[int] | None:
+        """Slots 0..bucket-1 when `rows` can run as a captured graph: graphs are on and every
+        slot of the bucket that is not one of `rows` is free or done (so its padding row
+        overwrites nothing that is read). None: run eagerly on `rows` alone."""
+        if self._verify_graph is None:
+            return None
+        n = 1 + max(s.slot for s in rows)
+        bucket = next((b for b in self._buckets if b >= n), None)
+        if bucket is None:
+            return None
+        members = {s.slot for s in rows}
+        for slot in range(bucket):
+            other = self._slots[slot]
+            if slot not in members and other is not None and not other.done:
+                return None
+        return list(range(bucket))
 
     def _accept_row(
         self, s: _Sequence, hidden: Tensor, logits: Tensor, argmax: list[int]
@@ -347,8 +457,8 @@ class Engine:
         start = s.kv_len
         s.kv_len += accepted + 1  # last token + accepted drafts are now valid in the cache
         num_drafts, s.drafts = len(s.drafts), []
-        self._emit(s, emitted, logits[:n], num_drafts)
-        if s.finished:
+        self._take(s, emitted, logits[:n], num_drafts)
+        if s.done or s.finished:
             return None
         return s, MTPInput(s.slot, hidden[: accepted + 1], emitted, start)
 
@@ -369,47 +479,90 @@ class Engine:
         probs = target_probs(logits, p.temperature, p.top_p).cpu()
         return verify_sampling(probs, drafts, seq.generator)
 
-    def _emit(self, seq: _Sequence, emitted: list[int], logits: Tensor, num_drafts: int) -> None:
-        """One step's output for one sequence: keep the tokens up to the first finish, record
-        the step, and send the client what it may see so far."""
-        kept, finish = self._keep_until_finish(seq, emitted)
-        self._record_step(seq, num_drafts, len(kept))
-        logprobs = self._logprobs(logits[: len(kept)], kept) if seq.req.params.logprobs else None
-        seq.finished = finish is not None
-        out = StepOutput(
-            token_ids=kept,
-            text=self._next_text_delta(seq),
-            logprobs=logprobs,
-            finish_reason=finish,
-            metrics=seq.metrics.to_dict() if seq.finished else None,
-            prompt_tokens=len(seq.req.prompt_ids),
-            completion_tokens=len(seq.out_ids),
-        )
-        if seq.finished:
-            self._release(seq)
-        seq.req.sink(out)
-
-    def _keep_until_finish(
-        self, seq: _Sequence, emitted: list[int]
-    ) -> tuple[list[int], str | None]:
-        """Append `emitted` to the sequence (ids and text) up to the first token that finishes
-        it at EOS, a stop string or max_tokens; returns the kept tokens and the finish reason."""
+    def _take(self, seq: _Sequence, emitted: list[int], logits: Tensor, num_drafts: int) -> None:
+        """Token-level acceptance of one step: append `emitted` up to EOS / max_tokens (which
+        need no text), take its logprobs while the logits exist, and queue the output (under
+        the overlap schedule it is delivered during the next step's forward)."""
         kept: list[int] = []
+        finish = None
         for t in emitted:
             kept.append(t)
             seq.out_ids.append(t)
-            finish = self._append_token(seq, t)
+            finish = self._token_finish(seq, t, len(seq.out_ids))
+            if finish is not None:
+                seq.done = True
+                self._free_slot(seq)  # at once: admission does not wait for the output
+                break
+        logprobs = self._logprobs(logits[: len(kept)], kept) if seq.req.params.logprobs else None
+        pending = _PendingOutput(seq, kept, logprobs, num_drafts, finish)
+        if self.overlap:
+            self._pending.append(pending)
+        else:
+            self._deliver(pending)
+
+    def _token_finish(self, seq: _Sequence, token: int, count: int) -> str | None:
+        """'stop' (EOS after min_tokens) or 'length' (max_tokens) when the `count`-th token
+        `token` ends the sequence, whatever its text."""
+        p = seq.req.params
+        if token in self.tokenizer.stop_ids and count > p.min_tokens:
+            return "stop"
+        return "length" if count >= p.max_tokens else None
+
+    def _deliver_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for p in pending:
+            try:
+                self._deliver(p)
+            except Exception as exc:
+                self._fail(p.seq.req, exc, p.seq.slot)
+
+    def _deliver(self, p: _PendingOutput) -> None:
+        """One step's output for one sequence: its text (a stop string may end it earlier than
+        its tokens did), the step's metrics, and what the client may see so far."""
+        seq = p.seq
+        if seq.finished or seq.failed or seq.req.cancelled:
+            return  # failed or cancelled meanwhile, or a stop string ended it a step ago
+        kept, finish = self._keep_until_finish(seq, p.tokens, p.finish)
+        self._record_step(seq, p.num_drafts, len(kept))
+        seq.finished = finish is not None
+        if seq.finished:  # a stop string may have ended it before its tokens did
+            del seq.out_ids[seq.num_output :]
+        out = StepOutput(
+            token_ids=kept,
+            text=self._next_text_delta(seq),
+            logprobs=p.logprobs[: len(kept)] if p.logprobs is not None else None,
+            finish_reason=finish,
+            metrics=seq.metrics.to_dict() if seq.finished else None,
+            prompt_tokens=len(seq.req.prompt_ids),
+            completion_tokens=seq.num_output,
+        )
+        if seq.finished:
+            self._free_slot(seq)
+            self.counters.record_tokens(finished=1)
+        seq.req.sink(out)
+
+    def _keep_until_finish(
+        self, seq: _Sequence, tokens: list[int], token_finish: str | None
+    ) -> tuple[list[int], str | None]:
+        """Detokenize `tokens` into seq.text up to the first that finishes the sequence (a
+        stop string, or `token_finish` at the last one); the kept tokens and the reason."""
+        kept: list[int] = []
+        for j, t in enumerate(tokens):
+            kept.append(t)
+            seq.num_output += 1
+            last = token_finish if j == len(tokens) - 1 else None
+            finish = self._append_text(seq, t, last)
             if finish is not None:
                 return kept, finish
         return kept, None
 
-    def _append_token(self, seq: _Sequence, token: int) -> str | None:
-        """Detokenize one appended token into seq.text; 'stop' or 'length' when it ends the
-        sequence (the text then ends at the stop string's start, or with a dangling partial
-        character flushed), None otherwise."""
-        p, tok = seq.req.params, self.tokenizer
-        if token in tok.stop_ids and len(seq.out_ids) > p.min_tokens:
-            seq.text += seq.detokenizer.flush()  # the end: a dangling partial char shows
+    def _append_text(self, seq: _Sequence, token: int, token_finish: str | None) -> str | None:
+        """Detokenize one token into seq.text; 'stop' or 'length' when it ends the sequence
+        (the text then ends at the stop string's start, or with a dangling partial character
+        flushed), None otherwise. `token_finish`: what `_token_finish` said of this token."""
+        p = seq.req.params
+        if token_finish == "stop":  # EOS: the end, a dangling partial char shows
+            seq.text += seq.detokenizer.flush()
             return "stop"
         # Text token by token: the token that completes a stop string is the last one kept.
         searched = len(seq.text)
@@ -418,7 +571,7 @@ class Engine:
         if cut is not None:
             seq.text = seq.text[:cut]
             return "stop"
-        if len(seq.out_ids) >= p.max_tokens:
+        if token_finish == "length":
             seq.text += seq.detokenizer.flush()
             return "length"
         return None
@@ -443,10 +596,10 @@ class Engine:
         delta, seq.text_sent = sendable[seq.text_sent :], max(len(sendable), seq.text_sent)
         return delta
 
-    def _release(self, seq: _Sequence) -> None:
-        """A finished sequence gives its slot back."""
-        self._slots[seq.slot] = None
-        self.counters.record_tokens(finished=1)
+    def _free_slot(self, seq: _Sequence) -> None:
+        """A finished sequence gives its slot back (unless it was freed already)."""
+        if self._slots[seq.slot] is seq:
+            self._slots[seq.slot] = None
 
     def _logprobs(self, logits: Tensor, tokens: list[int]) -> list[TokenLogprob]:
         """Log-probabilities of the raw target distribution (before temperature / top-p)."""
@@ -466,28 +619,77 @@ class Engine:
         inputs = {id(s): inp for s, inp in items}
 
         def draft_rows(seqs: list[_Sequence]) -> list[list[int]]:
-            drafts: list[list[int]] = [[] for _ in seqs]
+            rows = [self._draft_row(s) for s in seqs]
+            mtp_inputs = [inputs[id(s)] for s in seqs]
+            batch_slots = self._graph_batch(seqs) if self._draft_graph is not None else None
+            if batch_slots is not None:
+                return self._draft_graphed(rows, mtp_inputs, batch_slots)
+            mtp_drafts = None
             if self.mtp is not None:
-                drafts = self.mtp.draft([inputs[id(s)] for s in seqs], self.spec.mtp_steps)
-            if self.ngram is not None:
-                rows = [
-                    DraftRow(
-                        prompt=s.req.prompt_ids,
-                        generated=s.out_ids,
-                        mtp_drafts=d,
-                        max_tokens=s.req.params.max_tokens,
-                        kv_len=s.kv_len,
-                    )
-                    for s, d in zip(seqs, drafts, strict=True)
-                ]
-                drafts = self.ngram.extend(rows)
-            return drafts
+                mtp_drafts = self.mtp.draft(mtp_inputs, self.spec.mtp_steps)
+            if self.ngram is None:
+                return mtp_drafts.tolist()
+            return self.ngram.extend(rows, mtp_drafts)
 
         for group, drafts in self._in_groups(draft_rows, [s for s, _ in items]):
             for s, d in zip(group, drafts, strict=True):
                 # Drafts past max_tokens could never be emitted; verifying them is wasted work.
                 room = s.req.params.max_tokens - len(s.out_ids) - 1
                 s.drafts = list(d[: min(self.K, max(room, 0))])
+
+    def _draft_row(self, s: _Sequence) -> DraftRow:
+        """The row's n-gram state: its newly accepted tokens are recorded first."""
+        if self.ngram is not None:
+            self.ngram.record(s.slot, s.num_recorded, s.out_ids[s.num_recorded :])
+            s.num_recorded = len(s.out_ids)
+        return DraftRow(s.slot, s.last_token, len(s.out_ids), s.kv_len)
+
+    def _draft_graphed(
+        self, rows: list[DraftRow], inputs: list[MTPInput], batch_slots: list[int]
+    ) -> list[list[int]]:
+        """MTP drafts and the n-gram op for slots 0..bucket-1, replayed as one CUDA graph."""
+        assert self.mtp is not None and self._draft_graph is not None
+        width = 1 + self.K  # pairs per row: accepted drafts + the bonus token
+        mtp_batch = self.mtp.batch(self.mtp.fill_long(inputs, width), batch_slots, width)
+        row_state: tuple[Tensor, ...] = ()
+        if self.ngram is not None:
+            by_slot = {r.slot: r for r in rows}
+            padded = [by_slot.get(slot, DraftRow(slot, 0, 1, 0)) for slot in batch_slots]
+            active = [slot in by_slot for slot in batch_slots]
+            row_state = self.ngram.row_state(padded, self.spec.mtp_steps, active)
+            self.ngram.write_pending()
+        drafts, lengths = self._draft_graph(*mtp_batch, *row_state)
+        table = read_drafts(drafts, lengths)
+        return [table[batch_slots.index(r.slot)] for r in rows]
+
+    def _draft_batch(
+        self,
+        hidden: Tensor,
+        tokens: Tensor,
+        positions: Tensor,
+        last: Tensor,
+        slots: Tensor,
+        *row_state: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """The draft graph's phase, device work only: MTP drafts, then the op (pad_to_max)."""
+        assert self.mtp is not None
+        steps = self.spec.mtp_steps
+        mtp_drafts = self.mtp.draft_batch(
+            hidden, tokens, positions, last, slots, steps, static_kv_len=self.cache.max_len
+        )
+        if self.ngram is None:
+            first = tokens[torch.arange(len(slots), device=slots.device), last]  # bonus tokens
+            return torch.cat([first[:, None], mtp_drafts], 1), torch.full_like(last, 1 + steps)
+        return self.ngram.run(*row_state, mtp_drafts)
+
+
+def _graphs_label(
+    verify: GraphedPhase | None, draft: GraphedPhase | None, buckets: list[int]
+) -> str:
+    if verify is None:
+        return "off"
+    phases = "verify" + (" + draft" if draft is not None else "")
+    return f"{phases}, buckets {buckets}"
 
 
 def _draft_vocab(config: EngineConfig) -> int:

@@ -179,9 +179,26 @@ class BatchInfo:
 
     @staticmethod
     def of(
-        positions: Tensor, slots: Tensor, cfg: ModelConfig, dtype: torch.dtype = torch.float32
+        positions: Tensor,
+        slots: Tensor,
+        cfg: ModelConfig,
+        dtype: torch.dtype = torch.float32,
+        static_kv_len: int | None = None,
     ) -> BatchInfo:
-        """`dtype`: the attention's compute dtype (SDPA wants the mask in the query's dtype)."""
+        """`dtype`: the attention's compute dtype (SDPA wants the mask in the query's dtype).
+
+        `static_kv_len`: for a CUDA graph, facts fixed in advance instead of read from the
+        device: every query reads `static_kv_len` cache positions through the mask, and the
+        caller guarantees slots == [0, 1, ..., B-1] (a graph's batch is a prefix of the slots).
+        """
+        if static_kv_len is not None:
+            return BatchInfo(
+                kv_len=static_kv_len,
+                first_slot=0,
+                start=None,
+                rotation=rope_rotation(positions, cfg),
+                mask=_causal_mask(positions, static_kv_len, dtype),
+            )
         B, T = positions.shape
         steps = torch.arange(T, device=positions.device)
         in_order = (positions == positions[:, :1] + steps).all()
@@ -194,10 +211,7 @@ class BatchInfo:
         # last position: the whole read window is visible and SDPA needs no mask.
         mask = None
         if T > 1 or any(p != max_pos for p in starts):
-            keys = torch.arange(kv_len, device=positions.device)
-            hidden = keys[None, None, :] > positions[:, :, None]  # [B, T, L]
-            mask = torch.zeros(hidden.shape, dtype=dtype, device=positions.device)
-            mask = mask.masked_fill_(hidden, float("-inf"))[:, None]
+            mask = _causal_mask(positions, kv_len, dtype)
         return BatchInfo(
             kv_len=kv_len,
             first_slot=slot_list[0] if contiguous else None,
@@ -205,6 +219,14 @@ class BatchInfo:
             rotation=rope_rotation(positions, cfg),
             mask=mask,
         )
+
+
+def _causal_mask(positions: Tensor, kv_len: int, dtype: torch.dtype) -> Tensor:
+    """Additive mask [B, 1, T, kv_len]: a query at position p sees cache positions <= p."""
+    keys = torch.arange(kv_len, device=positions.device)
+    hidden = keys[None, None, :] > positions[:, :, None]  # [B, T, L]
+    mask = torch.zeros(hidden.shape, dtype=dtype, device=positions.device)
+    return mask.masked_fill_(hidden, float("-inf"))[:, None]
 
 
 @functools.cache
@@ -478,15 +500,23 @@ class Transformer(nn.Module):
             cfg.n_layers, max_slots, max_len, cfg.n_kv_heads, cfg.head_dim, p.dtype, p.device
         )
 
-    def forward(self, tokens: Tensor, positions: Tensor, cache: KVCache, slots: Tensor) -> Tensor:
+    def forward(
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        cache: KVCache,
+        slots: Tensor,
+        static_kv_len: int | None = None,
+    ) -> Tensor:
         """Run tokens [B, T] at positions [B, T] for the rows' slots [B].
 
         Returns `hidden` [B, T, d]: the last layer's output BEFORE the final RMSNorm (what an
         MTP head consumes, DeepSeek-V3 style). Get logits with `self.logits(hidden)`, which
-        applies the final norm and the tied output head.
+        applies the final norm and the tied output head. `static_kv_len`: no host sync, for a
+        CUDA graph (see `BatchInfo.of`).
         """
         x = self.tok_embeddings(tokens)
-        batch = BatchInfo.of(positions, slots, self.config, x.dtype)
+        batch = BatchInfo.of(positions, slots, self.config, x.dtype, static_kv_len)
         if batch.kv_len > cache.max_len:
             raise ValueError(f"position {batch.kv_len - 1} >= KV cache max_len {cache.max_len}")
         for i, layer in enumerate(self.layers):

@@ -47,17 +47,25 @@ class MTPDrafter:
         self.cache = head.new_cache(max_slots, max_len)
 
     @torch.inference_mode()
-    def draft(self, inputs: Sequence[MTPInput], steps: int) -> list[list[int]]:
-        """s draft tokens per row. One batched `fill` refreshes every row's verified pairs AND
-        runs draft step 1 on its last pair (it is just one more causal position), so a step
-        costs s block forwards, not s + 1."""
+    def draft(self, inputs: Sequence[MTPInput], steps: int) -> Tensor:
+        """s draft tokens per row, [len(inputs), s] on the model's device. One batched `fill`
+        refreshes every row's verified pairs AND runs draft step 1 on its last pair (it is just
+        one more causal position), so a step costs s block forwards, not s + 1."""
         if not inputs:
-            return []
-        device = inputs[0].hidden.device
+            raise ValueError("MTPDrafter.draft: no rows")
+        rows = self.fill_long(inputs, LONG_FILL)
+        width = max(len(x.next_tokens) for x in rows)
+        batch = self.batch(rows, [x.slot for x in rows], width)
+        return self.draft_batch(*batch, steps)
+
+    def fill_long(self, inputs: Sequence[MTPInput], longer_than: int) -> list[MTPInput]:
+        """Rows with more than `longer_than` pairs (a prompt) get all but their last pair filled
+        on their own (not padded into the batch); returns every row with what is left."""
         rows = []
-        for x in inputs:  # a prompt's worth of pairs is filled on its own, not padded
+        for x in inputs:
             m = len(x.next_tokens)
-            if m > LONG_FILL:
+            if m > longer_than:
+                device = x.hidden.device
                 self.head.fill(
                     x.hidden[None, : m - 1],
                     torch.tensor([x.next_tokens[: m - 1]], device=device),
@@ -67,34 +75,64 @@ class MTPDrafter:
                 )
                 x = MTPInput(x.slot, x.hidden[m - 1 :], x.next_tokens[m - 1 :], x.start + m - 1)
             rows.append(x)
-        # Pairs 0..m-1 of each row; shorter rows repeat their last pair (the same cache entry
-        # written with the same value, so the repeat is harmless).
-        T = max(len(x.next_tokens) for x in rows)
+        return rows
+
+    def batch(
+        self, rows: Sequence[MTPInput], slots: Sequence[int], width: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(hidden [B, width, d], next tokens [B, width], positions [B, width], index of each
+        row's last pair [B], slots [B]) for the batch `slots`: each of `rows` goes to the row of
+        its slot. Shorter rows repeat their last pair (the same cache entry written with the
+        same value, so the repeat is harmless); a slot without a row (a CUDA graph's batch is a
+        prefix of the slots) gets zeros at positions 0.. of its own cache, which nothing reads."""
+        by_slot = {x.slot: x for x in rows}
+        device = rows[0].hidden.device
+        d = rows[0].hidden.shape[-1]
         hidden, tokens, positions, last = [], [], [], []
-        for x in rows:
+        for slot in slots:
+            x = by_slot.get(slot)
+            if x is None:
+                hidden.append(rows[0].hidden.new_zeros(width, d))
+                tokens.append([0] * width)
+                positions.append(list(range(width)))
+                last.append(0)
+                continue
             m = len(x.next_tokens)
-            idx = list(range(m)) + [m - 1] * (T - m)
-            hidden.append(x.hidden if m == T else x.hidden[idx])
+            idx = list(range(m)) + [m - 1] * (width - m)
+            hidden.append(x.hidden if m == width else x.hidden[idx])
             tokens.append([x.next_tokens[i] for i in idx])
             positions.append([x.start + i for i in idx])
             last.append(m - 1)
-        slots = torch.tensor([x.slot for x in rows], device=device)
-        out = self.head.fill(
+        B, W = len(slots), width
+        flat = [t for row in tokens for t in row] + [p for row in positions for p in row]
+        host = torch.tensor(flat + last + list(slots), dtype=torch.int64).to(device)  # one copy
+        return (
             torch.stack(hidden),
-            torch.tensor(tokens, device=device),
-            torch.tensor(positions, device=device),
-            self.cache,
-            slots,
+            host[: B * W].view(B, W),
+            host[B * W : 2 * B * W].view(B, W),
+            host[2 * B * W : 2 * B * W + B],
+            host[2 * B * W + B :],
         )
-        if all(i == T - 1 for i in last):
-            first = out[:, -1]  # step 1's block output: each row's last real pair
-        else:
-            first = out[torch.arange(len(rows), device=device), torch.tensor(last, device=device)]
-        pos_last = torch.tensor(
-            [x.start + i for x, i in zip(rows, last, strict=True)], device=device
+
+    def draft_batch(
+        self,
+        hidden: Tensor,
+        tokens: Tensor,
+        positions: Tensor,
+        last: Tensor,
+        slots: Tensor,
+        steps: int,
+        static_kv_len: int | None = None,
+    ) -> Tensor:
+        """Drafts [B, steps] for a batch from `batch`; device work only (with `static_kv_len`,
+        no host sync: a CUDA graph can capture it)."""
+        out = self.head.fill(hidden, tokens, positions, self.cache, slots, static_kv_len)
+        rows = torch.arange(len(slots), device=slots.device)
+        first = out[rows, last]  # step 1's block output: each row's last real pair
+        pos_last = positions[rows, last]
+        return self.head.draft_from(
+            first, pos_last, self.cache, slots, steps, static_kv_len=static_kv_len
         )
-        drafts = self.head.draft_from(first, pos_last, self.cache, slots, steps)
-        return drafts.tolist()
 
 
 def load_token_rank(path: str | Path | None = None) -> Tensor:

@@ -183,17 +183,24 @@ class MTPHead(nn.Module):
         return self.proj(torch.cat([h, e], dim=-1))
 
     def fill(
-        self, hidden: Tensor, next_tokens: Tensor, positions: Tensor, cache: KVCache, slots: Tensor
+        self,
+        hidden: Tensor,
+        next_tokens: Tensor,
+        positions: Tensor,
+        cache: KVCache,
+        slots: Tensor,
+        static_kv_len: int | None = None,
     ) -> Tensor:
         """Write verified entries (h_p, x_{p+1}) at `positions` into the head's cache.
 
         hidden [B, T, d], next_tokens [B, T], positions [B, T], slots [B]. Returns the block's
-        output hidden [B, T, d] (no logits: a refresh does not need them).
+        output hidden [B, T, d] (no logits: a refresh does not need them). `static_kv_len`: no
+        host sync, for a CUDA graph (see `BatchInfo.of`).
         """
         _check_shapes(hidden, next_tokens, positions, slots)
         x = self.step_input(hidden, next_tokens)
-        # One host sync for the whole call.
-        batch = BatchInfo.of(positions, slots, self.config, x.dtype)
+        # One host sync for the whole call (none with static_kv_len).
+        batch = BatchInfo.of(positions, slots, self.config, x.dtype, static_kv_len)
         if batch.kv_len > cache.max_len:
             raise ValueError(f"position {batch.kv_len - 1} >= MTP cache max_len {cache.max_len}")
         return self.block(x, positions, cache.layer(0), slots, batch)
@@ -246,6 +253,7 @@ class MTPHead(nn.Module):
         slots: Tensor,
         steps: int,
         return_logits: bool = False,
+        static_kv_len: int | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """`draft` when step 1's block output `first_out` [B, d] at `positions` [B] is already
         computed: the engine gets it from the same `fill` call that refreshes the verified
@@ -257,7 +265,7 @@ class MTPHead(nn.Module):
         tokens, all_logits = [tok], [logits]
         for _ in range(steps - 1):  # step k at position + k - 1 feeds back its own (h, token)
             pos = pos + 1
-            h = self.fill(h, tok, pos, cache, slots)
+            h = self.fill(h, tok, pos, cache, slots, static_kv_len)
             tok, logits = self._choose(h, return_logits)
             tokens.append(tok)
             all_logits.append(logits)

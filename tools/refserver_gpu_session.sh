@@ -3,7 +3,14 @@
 # Needs: the SmolLM2 GGUF at $GGUF, and the wheels the GPU image lacks (gguf, fastapi, uvicorn,
 # openai and their dependencies) in the folders of $WHEELS. Logs go to $OUT.
 #   GGUF=/root/smollm.gguf WHEELS=".whl/mtp .whl/http" bash tools/refserver_gpu_session.sh
-# STAGES picks what runs (default: all); SERVER_DTYPES the dtypes of the HTTP server stage.
+# STAGES picks what runs (default: build check tests server); SERVER_DTYPES the dtypes of the
+# HTTP server stage. Issue 13's stages (one call: STAGES="build graphs scenarios bench profile"):
+#   graphs     the CUDA-graph tests (graph texts == eager; verify and verify+draft graphs)
+#   scenarios  the seed's GPU e2e mode (hybrid + overlap + cudagraph + logprob: baseline measured,
+#              then checked) and the lossless scenario CUDA graphs on vs off
+#   bench      benchmarks/bench_serving.py, float32, 64 tokens: none c=1, hybrid c=1 and c=8,
+#              eager (before) and with overlap + CUDA graphs (after)
+#   profile    the host share per decode step, eager vs overlap + CUDA graphs
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -48,4 +55,46 @@ for dtype in ${SERVER_DTYPES:-float32}; do
     tests/refserver/test_server.py -rs > "$OUT/server_$dtype.log" 2>&1
   echo "rc=$?" >> "$OUT/server_$dtype.log"; tail -3 "$OUT/server_$dtype.log" | tee -a "$OUT/summary.txt"
 done
+GRAPHS='{"use_cudagraph":true,"use_unique_memory_pool":true,"draft_model_use_cudagraph":true}'
+SPECGATE=(python3 -c "import sys; from specgate.cli import main; sys.exit(main())")  # not installed
+if has graphs; then
+  log "CUDA-graph tests (texts with graphs == eager, overlap on, more requests than slots)"
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -p specgate.pytest_plugin \
+    tests/refserver/test_engine.py -k "cuda_graphs or overlap" -rs > "$OUT/graphs.log" 2>&1
+  echo "rc=$?" >> "$OUT/graphs.log"; tail -4 "$OUT/graphs.log" | tee -a "$OUT/summary.txt"
+fi
+if has scenarios; then
+  log "scenarios: refserver-gpu-e2e (baseline measured on this card, then run) + cudagraph lossless"
+  { timeout 120 "${SPECGATE[@]}" baseline update refserver-gpu-e2e; echo "baseline rc=$?"
+    timeout 200 "${SPECGATE[@]}" run --skip-kernel --scenario refserver-gpu-e2e --scenario refserver-cudagraph-lossless
+    echo "run rc=$?"; } > "$OUT/scenarios.log" 2>&1
+  cp baselines/refserver-gpu-e2e.yaml "$OUT/" 2>/dev/null
+  grep -E "^\[|passed|failed|skipped|rc=|wrote|NOT" "$OUT/scenarios.log" | tail -12 | tee -a "$OUT/summary.txt"
+fi
+if has bench; then
+  for mode in eager graphs; do
+    args=""; [[ $mode == graphs ]] && args="--enable-overlap-schedule --graph-optimization-config '$GRAPHS'"
+    log "bench_serving $mode: float32, none + hybrid K=5 s=3, c=1 and 8, 64 tokens, HTTP"
+    timeout 150 python3 -m benchmarks.bench_serving --device cuda --dtype float32 --no-peer \
+      --configs none "hybrid K=5 s=3" --concurrency 1 8 --max-tokens 64 --rounds 3 \
+      --prompts-per-kind 4 --threads 1 --server-args "$args" --out "$OUT/bench_$mode.md" \
+      > /tmp/bench_$mode.log 2>&1
+    echo "rc=$?" | tee -a "$OUT/summary.txt"; tail -5 /tmp/bench_$mode.log >> "$OUT/summary.txt"
+    rm -f "$OUT/bench_$mode.json"
+  done
+fi
+if has profile; then
+  log "host share per decode step (torch.profiler), float32, 4 held-out prompts x 64 tokens"
+  for c in ${PROFILE_CONCURRENCY:-1}; do
+    for mode in eager graphs; do
+      args=""; [[ $mode == graphs ]] && args="--overlap --graphs $GRAPHS"
+      timeout 90 python3 -m benchmarks.engine_profile --device cuda --dtype float32 \
+        --spec none --spec hybrid53 --max-tokens 64 --prompts 4 --kind all --concurrency $c \
+        --rounds 1 $args > "/tmp/profile_${c}_$mode.log" 2>&1
+      grep -E "^\||host share|Error|error" "/tmp/profile_${c}_$mode.log" >> "$OUT/profile.log"
+      if [[ $c == 1 ]]; then sed -n '/where the host/,$p' "/tmp/profile_${c}_$mode.log" >> "$OUT/profile_ops.log"; fi
+    done
+  done
+  cat "$OUT/profile.log" | tee -a "$OUT/summary.txt"
+fi
 grep -h "engine:" /tmp/pytest-of-*/pytest-*/*/refserver-*.log 2>/dev/null | sort | uniq -c | tee -a "$OUT/summary.txt"

@@ -23,14 +23,13 @@
 namespace specgate {
 namespace {
 
-// Zeroed workspace for one (device, stream): [0] = finished-block counter, [1 + 2b + h] = key.
+// Zeroed workspace for one (device, stream), `needed` int64 words (layout: launch below).
 // A stream gets its own buffer so that calls on different streams never share counters.
-at::Tensor& workspace(const at::Device& device, cudaStream_t stream, int64_t batch) {
+at::Tensor& workspace(const at::Device& device, cudaStream_t stream, int64_t needed) {
   static std::mutex mutex;
   static std::map<std::pair<int, cudaStream_t>, at::Tensor> buffers;
   std::lock_guard<std::mutex> lock(mutex);
   at::Tensor& ws = buffers[{device.index(), stream}];
-  const int64_t needed = 1 + 2 * batch;
   if (!ws.defined() || ws.numel() < needed) {
     // First call with this many rows on this stream: the only allocation the op ever makes.
     // (Under CUDA-graph capture it comes from the graph's private pool and is kept alive here.)
@@ -80,20 +79,30 @@ void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& pr
   const at::Tensor plen = prompt_lens.contiguous(), step = step_idx.contiguous();
   const at::Tensor dec = seq_lens_decoder.contiguous(), mdl = max_dec_len.contiguous();
 
-  // Segment length: enough blocks to fill the chip (about 4 per SM) but never less than one
-  // tile. Derived from shapes only, so the grid never depends on tensor values.
-  const int64_t target_blocks = 4 * int64_t(multiprocessors(token_ids_all.device().index()));
+  // Segment length: about one wave of search warps (32 per SM at 64 registers), never less
+  // than one warp tile. Derived from shapes only, so the grid never depends on tensor values.
+  const int64_t wave_units = 32 * int64_t(multiprocessors(token_ids_all.device().index()));
   const int64_t tokens = B * (s.prompt_capacity + s.generated_capacity);
-  const int threads = block_threads_for(s.prompt_capacity + s.generated_capacity);
-  const int64_t tile = int64_t(threads) * kItemsPerThread;
-  int64_t seg_tiles = std::max<int64_t>(1, tokens / (target_blocks * tile));
-  int64_t seg = seg_tiles * tile;
+  int64_t seg = std::max<int64_t>(1, tokens / (wave_units * kWarpTile)) * kWarpTile;
   auto segs_of = [&](int64_t width) { return (width + seg - 1) / seg; };
-  while (B * (segs_of(s.prompt_capacity) + segs_of(s.generated_capacity)) >= (int64_t(1) << 31)) {
+  auto units_of = [&]() {
+    return B * std::max<int64_t>(1, segs_of(s.prompt_capacity) + segs_of(s.generated_capacity));
+  };
+  while (units_of() / 8 + kMaxFinalTiles >= (int64_t(1) << 31)) {
     seg *= 2;  // only for absurd shapes: fewer, longer segments
   }
+  // Threshold pass: one tile of 256 rows per finaliser block, at most kMaxFinalTiles blocks.
+  const int64_t per_thread = std::max<int64_t>(
+      1, (B + int64_t(kBlockThreads) * kMaxFinalTiles - 1) / (int64_t(kBlockThreads) * kMaxFinalTiles));
+  const int64_t tile_rows = per_thread * kBlockThreads;
+  const int64_t final_tiles = (B + tile_rows - 1) / tile_rows;
+  // Workspace: [0] search_done, [1] active, [2] final_ticket, [3] final_done, then 8 words per
+  // finaliser tile at a fixed place (so that a later call with another B never reads an old
+  // call's record words as a status), then the 2B keys.
+  constexpr int64_t kRecords = 4, kKeys = kRecords + 8 * kMaxFinalTiles;
+  const int64_t needed = kKeys + 2 * B;
 
-  at::Tensor& ws = workspace(token_ids_all.device(), stream, B);
+  at::Tensor& ws = workspace(token_ids_all.device(), stream, needed);
   NgramParams p{};
   p.token_ids_all = tok.const_data_ptr<int64_t>();
   p.prompt_lens = plen.const_data_ptr<int64_t>();
@@ -115,12 +124,21 @@ void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& pr
   p.seg_tokens = seg;
   p.segs_prompt = segs_of(s.prompt_capacity);
   p.segs_gen = segs_of(s.generated_capacity);
-  // At least one block, so the finalisation (threshold pass, padding) always runs.
-  p.num_blocks = std::max<int64_t>(1, B * (p.segs_prompt + p.segs_gen));
+  p.num_units = units_of();
+  p.search_blocks = (p.num_units + 7) / 8;
+  // One wave or less: every unit starts before any row can be settled, so reading the keys
+  // first would only add a round trip; such units load their first tile with the keys.
+  p.speculative = p.num_units <= wave_units;
+  p.final_tiles = final_tiles;
+  p.final_rows_per_thread = per_thread;
   int64_t* base = ws.mutable_data_ptr<int64_t>();
-  p.done = reinterpret_cast<unsigned int*>(base);
-  p.keys = reinterpret_cast<unsigned long long*>(base + 1);
-  C10_CUDA_CHECK(launch_hybrid_mtp_ngram(p, threads, stream));
+  p.search_done = reinterpret_cast<unsigned int*>(base);
+  p.active = reinterpret_cast<unsigned long long*>(base + 1);
+  p.final_ticket = reinterpret_cast<unsigned int*>(base + 2);
+  p.final_done = reinterpret_cast<unsigned int*>(base + 3);
+  p.records = reinterpret_cast<long long*>(base + kRecords);
+  p.keys = reinterpret_cast<unsigned long long*>(base + kKeys);
+  C10_CUDA_CHECK(launch_hybrid_mtp_ngram(p, stream));
 }
 
 }  // namespace

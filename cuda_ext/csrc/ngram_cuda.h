@@ -8,10 +8,10 @@
 
 namespace specgate {
 
-constexpr int kItemsPerThread = 8;  // haystack tokens each thread loads per tile
-// Threads per block (search and finalisation alike): 128 for short rows (more blocks resident
-// per SM, since short rows are latency-bound), 256 otherwise. A tile is 8 tokens per thread.
-inline int block_threads_for(int64_t row_tokens) { return row_tokens <= 8192 ? 128 : 256; }
+constexpr int kItemsPerThread = 8;  // haystack tokens each lane loads per tile
+constexpr int kBlockThreads = 256;  // every block: 8 search warps, or one finaliser tile of rows
+constexpr int kWarpTile = 32 * kItemsPerThread;  // tokens one warp reads per tile (2 KiB)
+constexpr int kMaxFinalTiles = 64;  // finaliser blocks at most (more rows per thread beyond)
 
 struct NgramParams {
   const int64_t* token_ids_all;  // [B, s_all]
@@ -25,18 +25,28 @@ struct NgramParams {
   int64_t batch, s_all, s_pre, width;
   int64_t max_ngram_size, min_ngram_size, max_draft_tokens, threshold;  // threshold clamped
   bool pad_to_max;
-  // Search grid: block i handles row i % batch and segment i / batch. Segments
-  // [0, segs_prompt) cover the prompt, the rest the generated tokens, seg_tokens each.
+  // Search: unit u (one warp) handles row u % batch and segment u / batch. Segments
+  // [0, segs_prompt) cover the prompt, the rest the generated tokens, seg_tokens each. Units
+  // [0, batch) are every row's first segment; they also count seq_lens_decoder > 0 (U0).
   int64_t seg_tokens;
   int64_t segs_prompt, segs_gen;
-  int64_t num_blocks;
-  // Workspace, all zero between calls: best match key per (row, haystack), and a counter of
-  // finished blocks. The last block to finish resets them.
-  unsigned long long* keys;  // [2 * batch]
-  unsigned int* done;
+  int64_t num_units;      // batch * max(1, segs_prompt + segs_gen)
+  int64_t search_blocks;  // ceil(num_units / 8): blocks [0, search_blocks) search
+  bool speculative;       // small grid: non-first units load their first tile before the keys
+  // Threshold pass: blocks [search_blocks, search_blocks + final_tiles) each take a tile of
+  // final_rows_per_thread * kBlockThreads consecutive rows (tile order = ticket order).
+  int64_t final_tiles, final_rows_per_thread;
+  // Workspace, all zero between calls (the last finaliser resets it): best match key per
+  // (row, haystack), counters, and one look-back record of 8 words per finaliser tile.
+  unsigned long long* keys;          // [2 * batch]
+  unsigned int* search_done;         // search blocks finished
+  unsigned long long* active;        // U0, summed by the search blocks
+  unsigned int* final_ticket;        // finaliser tile order
+  unsigned int* final_done;          // finalisers finished
+  long long* records;                // [8 * final_tiles]: status, aggregate (2), inclusive (2)
 };
 
 // Enqueue the op on `stream`. No host synchronisation, no allocation.
-cudaError_t launch_hybrid_mtp_ngram(const NgramParams& p, int block_threads, cudaStream_t stream);
+cudaError_t launch_hybrid_mtp_ngram(const NgramParams& p, cudaStream_t stream);
 
 }  // namespace specgate

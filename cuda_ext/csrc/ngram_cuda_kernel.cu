@@ -7,14 +7,25 @@
 // the ngram and the haystacks; the budget only decides how many following tokens are copied).
 // So one launch does:
 //
-//   1. SEARCH. Block i takes row i % B and a segment of one of its two haystacks (prompt, or
-//      generated tokens). Long rows are split over many blocks, so B = 1 with a 128K prompt still
-//      fills the chip. Each haystack is read once for all n (see "one pass for all n" below); the
-//      block's best match is merged into a per-(row, haystack) 64-bit key with one atomicMax.
-//   2. FINALISE. The last block to finish (a ticket counter, the classic threadfence-reduction
-//      pattern) runs the threshold pass over all rows with a block-wide prefix sum, copies the
-//      continuation tokens, applies pad_to_max, and resets the workspace to zero for the next
-//      call. No second launch, no host round trip, so the whole op is capturable in a CUDA graph.
+//   1. SEARCH (blocks [0, search_blocks)). A unit is (row, segment of one haystack); one WARP
+//      runs it, 8 units per block, units segment-major (every row's first segment first).
+//      Long rows are split over many warps, so B = 1 with a 128K prompt still fills the chip.
+//      A warp reads 256 tokens (2 KiB) per tile, so an early match costs its row 2 KiB; units
+//      other than the row's first read the row's keys with its scalars and load nothing when
+//      the row is settled. Each haystack is read once for all n (below); a unit's best match is
+//      merged into a per-(row, haystack) 64-bit key with one atomicMax. Every row's first unit
+//      also counts seq_lens_decoder > 0 (one atomicAdd per block gives U0).
+//   2. FINALISE (the last final_tiles blocks). Tile f = 256 consecutive rows (more per thread
+//      above 16K rows). A tile waits for the search-done counter, computes its rows' uncut
+//      counts, publishes their sums, gets the sums of all earlier tiles by a decoupled
+//      look-back, applies the threshold rule (below), copies the continuation tokens, applies
+//      pad_to_max and zeroes its keys. The last tile to finish resets the counters. No second
+//      launch, no host round trip: the whole op is capturable in a CUDA graph.
+//
+// Forward progress. Only finaliser blocks wait, and only for (a) the search blocks, which never
+// wait, and (b) earlier tiles, which by the ticket order have already started. The finalisers
+// are the last blocks of the grid (dispatched after every search block) and at most 64, so they
+// can never hold all the SM slots the search needs.
 //
 // One pass for all n
 // ------------------
@@ -35,9 +46,9 @@
 // Early exit (work skipping, never result-changing)
 // -------------------------------------------------
 // When a row's key for haystack h already has L == n_hi at a position e* < the start of the
-// tile a block is about to read, nothing in that tile can beat it, so the block stops. A block
+// tile a unit is about to read, nothing in that tile can beat it, so the unit stops. A unit
 // of the generated haystack stops when the prompt already has L == n_hi (the prompt wins ties).
-// Keys only grow, so a stale read only makes a block do work it could have skipped.
+// Keys only grow, so a stale read only makes a unit do work it could have skipped.
 //
 // Threshold with a prefix sum (why the parallel pass is exact)
 // ------------------------------------------------------------
@@ -63,6 +74,15 @@
 //       skipped, total + u >= threshold - 1 already, and it only grows: every later eligible row
 //       is skipped too. Otherwise the clip fired with room < um_b* <= min(budget, avail), so
 //       m_b* = room and total + m + u = threshold >= threshold - 1 for every later row. QED.
+//
+// Threshold across tiles (what finalise_tile uses). No block looks for b*: every AFFECTED row
+// gets the exact rule, tokens_after_threshold(budget, T_b, u_b, threshold, um_b). For b* that is
+// (ii). For an eligible row b' after b*, with the uncut counts, T_b' + u_b' >= T_b* + u_b* +
+// um_b* (c_b* = ori_b* + um_b* enters T_b'; every eligible row in (b*, b'] adds ori >= 1 to T
+// and takes 1 from u; valid input). So if b* is affected by the first condition, T_b' + u_b' >=
+// threshold - 1; if by the second, T_b' + u_b' > threshold. Either way the rule's last test
+// returns 0 for b', as the claim says. So a tile needs only the
+// prefix sums of c and of eligible over the tiles before it: plain sums, one look-back.
 // The kernel suite's threshold-pressure and threshold-edge batches test this against the
 // oracle; tests/cuda_ext/test_threshold_argument.py checks the same argument in Python on CPU.
 //
@@ -83,7 +103,8 @@
 namespace specgate {
 namespace {
 
-constexpr int kRowsPerThread = 4;  // finalisation: rows r = base + k * BLOCK + tid, k < 4
+constexpr int BLOCK = kBlockThreads;
+constexpr int kWarps = BLOCK / 32;
 constexpr unsigned kFull = 0xffffffffu;
 
 // What both phases need to know about one row; computed identically in both.
@@ -107,65 +128,12 @@ __device__ __forceinline__ RowInfo row_info(const NgramParams& p, int64_t r) {
   return ri;
 }
 
-// ---- block-wide helpers (BLOCK threads, BLOCK / 32 warps; results valid in every thread) ----
-
-template <int BLOCK>
-__device__ unsigned long long block_max(unsigned long long v, unsigned long long* smem) {
-  constexpr int kWarps = BLOCK / 32;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const unsigned long long w = __shfl_xor_sync(kFull, v, o);
-    v = w > v ? w : v;
-  }
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  v = 0;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) v = smem[w] > v ? smem[w] : v;
-  __syncthreads();  // smem may be reused right after
-  return v;
-}
-
-template <int BLOCK>
-__device__ int64_t block_sum(int64_t v, int64_t* smem) {
-  constexpr int kWarps = BLOCK / 32;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  v = 0;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) v += smem[w];
-  __syncthreads();
-  return v;
-}
-
-template <int BLOCK>
-__device__ int64_t block_min(int64_t v, int64_t* smem) {
-  constexpr int kWarps = BLOCK / 32;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const int64_t w = __shfl_xor_sync(kFull, v, o);
-    v = w < v ? w : v;
-  }
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  v = INT64_MAX;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) v = smem[w] < v ? smem[w] : v;
-  __syncthreads();
-  return v;
-}
+// ---- block-wide helpers (BLOCK threads; results valid in every thread) ----------------------
 
 // Exclusive prefix sums of two values over the block's threads (in thread order), plus the
-// block totals. `smem` holds 2 * BLOCK / 32 values.
-template <int BLOCK>
+// block totals. `smem` holds 2 * kWarps values.
 __device__ void block_exclusive_scan2(int64_t a, int64_t b, int64_t& prefix_a, int64_t& prefix_b,
                                       int64_t& total_a, int64_t& total_b, int64_t* smem) {
-  constexpr int kWarps = BLOCK / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   int64_t ia = a, ib = b;  // inclusive within the warp
 #pragma unroll
@@ -186,7 +154,7 @@ __device__ void block_exclusive_scan2(int64_t a, int64_t b, int64_t& prefix_a, i
   total_a = 0;
   total_b = 0;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) {  // 4-8 warps: a short serial loop beats another barrier
+  for (int w = 0; w < kWarps; ++w) {  // 8 warps: a short serial loop beats another barrier
     if (w < warp) {
       before_a += smem[w];
       before_b += smem[kWarps + w];
@@ -217,232 +185,336 @@ __device__ __forceinline__ int64_t copy_tokens(int64_t* __restrict__ out,
   return last;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Phase 2: threshold pass, copies, padding and workspace reset, in one block.
-// Rows are taken in tiles of kRowsPerThread * BLOCK; thread t owns rows base + k * BLOCK + t,
-// so that for B <= BLOCK every thread has at most one row and all row loads of a tile are
-// issued together. Sub-tile k is scanned after sub-tile k - 1 (rows stay in order).
-// ---------------------------------------------------------------------------------------------
-template <int BLOCK>
-__device__ void finalise(const NgramParams& p) {
-  __shared__ int64_t smem[2 * BLOCK / 32];
-  const int64_t B = p.batch;
-  const int64_t thr = p.threshold;
-
-  // U0 = rows with seq_lens_decoder > 0. With one tile (B <= 4 * BLOCK, the common case) the
-  // counts are loaded together with the tile's rows below, saving a memory round trip.
-  const bool single_tile = B <= int64_t(BLOCK) * kRowsPerThread;
-  int64_t U0 = 0;
-  if (!single_tile) {
-    int64_t active = 0;
-    for (int64_t r = threadIdx.x; r < B; r += BLOCK) active += p.seq_lens_decoder[r] > 0;
-    U0 = block_sum<BLOCK>(active, smem);
-  }
-
-  int64_t carry_c = 0, carry_e = 0;  // sums over earlier sub-tiles
-  bool cut = false;                  // b* lies in an earlier sub-tile
-  for (int64_t base = 0; base < B; base += int64_t(BLOCK) * kRowsPerThread) {
-    // Per-row state kept compact (32-bit fields, bit masks): registers stay <= 64 per thread.
-    int32_t ori[kRowsPerThread], um[kRowsPerThread], end[kRowsPerThread];
-    uint32_t elig = 0, in_gen = 0;  // bit k: row of sub-tile k is eligible / matched in pre_ids
-    int64_t active = 0;
-#pragma unroll
-    for (int k = 0; k < kRowsPerThread; ++k) {
-      const int64_t r = base + k * BLOCK + threadIdx.x;
-      ori[k] = 0;
-      um[k] = 0;
-      end[k] = 0;
-      if (r >= B) continue;
-      if (single_tile) active += p.seq_lens_decoder[r] > 0;
-      const RowInfo ri = row_info(p, r);
-      ori[k] = static_cast<int32_t>(ri.ori);
-      elig |= uint32_t(ri.eligible) << k;
-      if (ri.searchable && ri.n_hi >= p.min_ngram_size) {
-        // Keys were written with atomics (resolved in L2): read them past L1.
-        const unsigned long long kp = __ldcg(p.keys + 2 * r);
-        const unsigned long long kg = __ldcg(p.keys + 2 * r + 1);
-        const int64_t lp = match_len(kp), lg = match_len(kg);
-        int64_t avail = 0;
-        if (lp >= p.min_ngram_size && lp >= lg) {  // larger n first; prompt first within n
-          end[k] = static_cast<int32_t>(match_end(kp));
-          avail = ri.plen - end[k] - 1;
-        } else if (lg >= p.min_ngram_size) {
-          end[k] = static_cast<int32_t>(match_end(kg));
-          avail = ri.step - end[k] - 1;
-          in_gen |= 1u << k;
-        }
-        um[k] = static_cast<int32_t>(avail < ri.budget ? avail : ri.budget);  // <= K < 2^31
-        if (um[k] > 0) {
-          // The copy happens after the scans; pull its source line into L1 now, so the copy
-          // costs an L1 hit instead of another DRAM round trip.
-          const int64_t* src = ((in_gen >> k) & 1u) ? p.pre_ids + r * p.s_pre + end[k] + 1
-                                                    : p.token_ids_all + r * p.s_all + end[k] + 1;
-          asm volatile("prefetch.global.L1 [%0];" ::"l"(src));
-        }
-      }
-      if (p.pad_to_max && ri.ori > 0 && ri.ori <= p.max_draft_tokens) {  // may need row[ori-1]
-        asm volatile("prefetch.global.L1 [%0];" ::"l"(p.draft_tokens + r * p.width + ri.ori - 1));
-      }
-    }
-    if (single_tile) U0 = block_sum<BLOCK>(active, smem);  // uniform branch
-#pragma unroll
-    for (int k = 0; k < kRowsPerThread; ++k) {
-      if (base + k * BLOCK >= B) break;  // uniform
-      const int64_t r = base + k * BLOCK + threadIdx.x;
-      const bool e_k = (elig >> k) & 1u;
-      int64_t pre_c, pre_e, sub_c, sub_e;
-      block_exclusive_scan2<BLOCK>(int64_t(ori[k]) + um[k], e_k, pre_c, pre_e, sub_c, sub_e,
-                                   smem);
-      // T_b and u_b of the proof at the top of the file, and the first affected row.
-      const int64_t total = carry_c + pre_c + ori[k];
-      const int64_t unproc = U0 - (carry_e + pre_e + e_k);
-      const bool affected = r < B && e_k &&
-                            (total + unproc >= thr - 1 || total + unproc + um[k] > thr);
-      const int64_t b_star = cut ? -1 : block_min<BLOCK>(affected ? r : INT64_MAX, smem);
-      if (r < B) {
-        int64_t len = ori[k], m = 0;
-        if (r < b_star) {
-          m = um[k];
-        } else if (r == b_star) {  // apply the threshold rule exactly, with true totals
-          const int64_t budget =
-              row_budget(p.max_draft_tokens, ori[k], p.max_dec_len[r], p.step_idx[r]);
-          m = tokens_after_threshold(budget, total, unproc, thr, um[k]);
-        }
-        int64_t* row = p.draft_tokens + r * p.width;
-        int64_t last = 0;
-        if (e_k && m > 0) {  // um > 0 implies a searchable row with a match
-          const int64_t* src = ((in_gen >> k) & 1u) ? p.pre_ids + r * p.s_pre + end[k] + 1
-                                                    : p.token_ids_all + r * p.s_all + end[k] + 1;
-          last = copy_tokens(row + ori[k], src, m);
-          len += m;
-          p.seq_lens_this_time[r] = static_cast<int32_t>(len);
-        }
-        if (p.pad_to_max && len > 0 && len < p.max_draft_tokens + 1) {  // SPEC §1.4
-          if (m == 0) last = row[len - 1];
-          for (int64_t j = len; j <= p.max_draft_tokens; ++j) row[j] = last;
-          p.seq_lens_this_time[r] = static_cast<int32_t>(p.max_draft_tokens + 1);
-        }
-        p.keys[2 * r] = 0ull;  // leave the workspace zero for the next call
-        p.keys[2 * r + 1] = 0ull;
-      }
-      if (b_star != INT64_MAX) cut = true;
-      carry_c += sub_c;
-      carry_e += sub_e;
-    }
-  }
-  if (threadIdx.x == 0) *p.done = 0u;
+__device__ __forceinline__ unsigned load_acquire(const unsigned* addr) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ long long load_acquire(const long long* addr) {
+  long long v;
+  asm volatile("ld.acquire.gpu.global.s64 %0, [%1];" : "=l"(v) : "l"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void store_release(long long* addr, long long v) {
+  asm volatile("st.release.gpu.global.s64 [%0], %1;" ::"l"(addr), "l"(v) : "memory");
 }
 
 // ---------------------------------------------------------------------------------------------
-// Phase 1: search one segment of one haystack of one row; the last block to finish finalises.
-// The memory round trips are the cost at small shapes, so the block issues its row's scalars,
-// its first tile (bounded by the haystack's capacity, known from shapes) and the cross-block
-// keys all at once, and only then decides what to compare.
+// Phase 1: one warp searches one segment of one haystack of one row.
 // ---------------------------------------------------------------------------------------------
-template <int BLOCK>
-__global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)  // <= 64 registers: 1024 threads per SM
-    hybrid_mtp_ngram_kernel(const NgramParams p) {
-  constexpr int kTile = BLOCK * kItemsPerThread;
-  __shared__ unsigned long long red[BLOCK / 32];
-  __shared__ bool is_last;
-  const int64_t row = blockIdx.x % p.batch;
-  const int64_t seg = blockIdx.x / p.batch;  // segment-major: every row's first segment first
-  const bool in_grid = seg < p.segs_prompt + p.segs_gen;
+__device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_count) {
+  const int lane = threadIdx.x & 31;
+  const int64_t B = p.batch;
+  const bool unit_ok = u < p.num_units;
+  const int64_t row = unit_ok ? u % B : 0;
+  const int64_t seg = unit_ok ? u / B : 0;
+  const bool in_grid = unit_ok && seg < p.segs_prompt + p.segs_gen;
   const bool gen = seg >= p.segs_prompt;
+  const bool first = seg == 0;  // the row's first unit: no other unit can have settled it yet
   const int64_t cap = gen ? p.s_pre : p.s_all;
   const int64_t* hay = gen ? p.pre_ids + row * p.s_pre : p.token_ids_all + row * p.s_all;
   const int64_t begin = (gen ? seg - p.segs_prompt : seg) * p.seg_tokens;
   const int64_t cap_end = begin + p.seg_tokens < cap - 1 ? begin + p.seg_tokens : cap - 1;
   unsigned long long* my_key = p.keys + 2 * row + (gen ? 1 : 0);
 
-  // All independent loads first: the row's scalars, the first tile, the keys.
+  // All independent loads first: the row's scalars, the keys (or the first tile), U0's count.
   const RowInfo ri = row_info(p, row);
+  if (unit_ok && first && lane == 0) *active_count += p.seq_lens_decoder[row] > 0;
+  const bool load_first = in_grid && (first || p.speculative);
   int64_t v[kItemsPerThread];
 #pragma unroll
   for (int i = 0; i < kItemsPerThread; ++i) {
-    const int64_t e = begin + i * BLOCK + threadIdx.x;
-    v[i] = in_grid && e < cap_end ? __ldg(hay + e) : 0;  // inside the row's capacity
+    const int64_t e = begin + i * 32 + lane;
+    v[i] = load_first && e < cap_end ? __ldg(hay + e) : 0;  // inside the row's capacity
   }
-  const bool check_first = gen || seg > 0;
   unsigned long long key_prompt = 0, key_own = 0;
-  if (threadIdx.x == 0 && in_grid && check_first) {
-    key_prompt = __ldcg(p.keys + 2 * row);
-    key_own = __ldcg(my_key);
+  if (in_grid && !first) {
+    key_prompt = __shfl_sync(kFull, lane == 0 ? __ldcg(p.keys + 2 * row) : 0ull, 0);
+    key_own = __shfl_sync(kFull, lane == 0 ? __ldcg(my_key) : 0ull, 0);
   }
 
-  unsigned long long best = 0;  // this thread's best key
   const int64_t len = gen ? ri.step : ri.plen;  // generated haystack excludes pre_ids[step]
   const int64_t end = cap_end < len - 1 ? cap_end : len - 1;  // e <= len - 2
-  if (in_grid && ri.searchable && ri.n_hi >= p.min_ngram_size && begin < end) {  // uniform
-    const int64_t* pattern = p.pre_ids + row * p.s_pre + ri.step;  // pattern[-k], k < n_hi
-    const int64_t last = __ldg(pattern);
-    const uint32_t n_hi = static_cast<uint32_t>(ri.n_hi);
-    // Is everything from `from` on settled by what other blocks already found?
-    auto settled = [&](unsigned long long kp, unsigned long long ko, int64_t from) {
-      if (gen && match_len(kp) == n_hi) return true;  // the prompt wins ties
-      return match_len(ko) == n_hi && int64_t(match_end(ko)) < from;
-    };
-    bool stop = check_first && __syncthreads_or(threadIdx.x == 0 &&
-                                                settled(key_prompt, key_own, begin));
-    for (int64_t t0 = begin; !stop && t0 < end; t0 += kTile) {
-      if (t0 != begin) {
-        // Coalesced: item i of thread t is position t0 + i * BLOCK + t; all loads in flight
-        // before the first compare.
-#pragma unroll
-        for (int i = 0; i < kItemsPerThread; ++i) {
-          const int64_t e = t0 + i * BLOCK + threadIdx.x;
-          v[i] = e < end ? __ldg(hay + e) : 0;
-        }
-      }
-      // The cross-block keys for the check at the end of this tile are read now, so that
-      // their L2 round trip overlaps the tile's loads instead of following them.
-      const int64_t next = t0 + kTile;
-      unsigned long long kp = 0, ko = 0;
-      if (threadIdx.x == 0 && next < end) {
-        kp = __ldcg(p.keys + 2 * row);
-        ko = __ldcg(my_key);
-      }
+  if (!(in_grid && ri.searchable && ri.n_hi >= p.min_ngram_size && begin < end)) return;
+  const int64_t* pattern = p.pre_ids + row * p.s_pre + ri.step;  // pattern[-k], k < n_hi
+  const uint32_t n_hi = static_cast<uint32_t>(ri.n_hi);
+  // Is everything from `from` on settled by what other units already found?
+  auto settled = [&](unsigned long long kp, unsigned long long ko, int64_t from) {
+    if (gen && match_len(kp) == n_hi) return true;  // the prompt wins ties
+    return match_len(ko) == n_hi && int64_t(match_end(ko)) < from;
+  };
+  if (!first && settled(key_prompt, key_own, begin)) return;  // warp-uniform: nothing loaded
+  const int64_t last = __ldg(pattern);
+  unsigned long long best = 0;  // this lane's best key
+  for (int64_t t0 = begin; t0 < end; t0 += kWarpTile) {
+    if (t0 != begin || !load_first) {
+      // Coalesced: item i of lane l is position t0 + i * 32 + l; all loads in flight before
+      // the first compare.
 #pragma unroll
       for (int i = 0; i < kItemsPerThread; ++i) {
-        const int64_t e = t0 + i * BLOCK + threadIdx.x;
-        if (e < end && v[i] == last) {
-          // Rare path: extend the common suffix backwards (L(e) <= e + 1, capped at n_hi).
-          uint32_t l = 1;
-          while (l < n_hi && l <= e && __ldg(hay + e - l) == __ldg(pattern - l)) ++l;
-          const unsigned long long key = pack_match(l, static_cast<uint32_t>(e));
-          if (l >= p.min_ngram_size && key > best) best = key;
-        }
+        const int64_t e = t0 + i * 32 + lane;
+        v[i] = e < end ? __ldg(hay + e) : 0;
       }
-      // Stop after this tile if any thread found a full-length window (nothing further right
-      // can beat it), or if another block settled this haystack before the next tile.
-      const bool give_up = threadIdx.x == 0 && next < end && settled(kp, ko, next);
-      stop = __syncthreads_or(match_len(best) == n_hi || give_up);
     }
-    best = block_max<BLOCK>(best, red);
-    if (threadIdx.x == 0 && best != 0) atomicMax(my_key, best);
+    // The cross-unit keys for the check at the end of this tile are read now, so that their
+    // L2 round trip overlaps the tile's loads instead of following them.
+    const int64_t next = t0 + kWarpTile;
+    unsigned long long kp = 0, ko = 0;
+    if (lane == 0 && next < end) {
+      kp = __ldcg(p.keys + 2 * row);
+      ko = __ldcg(my_key);
+    }
+#pragma unroll
+    for (int i = 0; i < kItemsPerThread; ++i) {
+      const int64_t e = t0 + i * 32 + lane;
+      if (e < end && v[i] == last) {
+        // Rare path: extend the common suffix backwards (L(e) <= e + 1, capped at n_hi).
+        uint32_t l = 1;
+        while (l < n_hi && l <= e && __ldg(hay + e - l) == __ldg(pattern - l)) ++l;
+        const unsigned long long key = pack_match(l, static_cast<uint32_t>(e));
+        if (l >= p.min_ngram_size && key > best) best = key;
+      }
+    }
+    // Stop after this tile if any lane found a full-length window (nothing further right can
+    // beat it), or if another unit settled this haystack before the next tile.
+    const bool give_up = lane == 0 && next < end && settled(kp, ko, next);
+    if (__any_sync(kFull, match_len(best) == n_hi || give_up)) break;
   }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const unsigned long long w = __shfl_xor_sync(kFull, best, o);
+    best = w > best ? w : best;
+  }
+  if (lane == 0 && best != 0) atomicMax(my_key, best);
+}
 
-  // Ticket: the block that takes the last ticket sees every other block's atomicMax.
-  if (threadIdx.x == 0) {
-    __threadfence();
-    const unsigned ticket = atomicAdd(p.done, 1u);
-    is_last = ticket == static_cast<unsigned>(p.num_blocks - 1);
+// ---------------------------------------------------------------------------------------------
+// Phase 2: the threshold pass over one tile of rows, copies, padding, workspace reset.
+// ---------------------------------------------------------------------------------------------
+
+// Sums over a range of rows, the look-back's value: S = sum of c, E = number of eligible rows.
+struct Range {
+  int64_t s, e;
+};
+
+// One row as the threshold pass sees it (after the search).
+struct RowState {
+  int32_t ori, um, end;
+  bool eligible, in_gen;
+};
+
+__device__ __forceinline__ RowState row_state(const NgramParams& p, int64_t r, const RowInfo& ri) {
+  RowState d{static_cast<int32_t>(ri.ori), 0, 0, ri.eligible, false};
+  if (ri.searchable && ri.n_hi >= p.min_ngram_size) {
+    // Keys were written with atomics (resolved in L2): read them past L1.
+    const unsigned long long kp = __ldcg(p.keys + 2 * r);
+    const unsigned long long kg = __ldcg(p.keys + 2 * r + 1);
+    const int64_t lp = match_len(kp), lg = match_len(kg);
+    int64_t avail = 0;
+    if (lp >= p.min_ngram_size && lp >= lg) {  // larger n first; prompt first within n
+      d.end = static_cast<int32_t>(match_end(kp));
+      avail = ri.plen - d.end - 1;
+    } else if (lg >= p.min_ngram_size) {
+      d.end = static_cast<int32_t>(match_end(kg));
+      avail = ri.step - d.end - 1;
+      d.in_gen = true;
+    }
+    d.um = static_cast<int32_t>(avail < ri.budget ? avail : ri.budget);  // <= K < 2^31
+    if (d.um > 0) {
+      // The copy happens after the scans; pull its source line into L1 now, so the copy
+      // costs an L1 hit instead of another DRAM round trip.
+      const int64_t* src = d.in_gen ? p.pre_ids + r * p.s_pre + d.end + 1
+                                    : p.token_ids_all + r * p.s_all + d.end + 1;
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(src));
+    }
+  }
+  if (p.pad_to_max && ri.ori > 0 && ri.ori <= p.max_draft_tokens) {  // may need row[ori-1]
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p.draft_tokens + r * p.width + ri.ori - 1));
+  }
+  return d;
+}
+
+__device__ void finalise_tile(const NgramParams& p) {
+  __shared__ int64_t smem[2 * kWarps];
+  __shared__ int64_t shared_tile, shared_u0;
+  __shared__ Range shared_prefix;  // sums over the tiles before this one
+  __shared__ bool shared_last;
+  const int64_t B = p.batch, thr = p.threshold;
+  const int tid = threadIdx.x, lane = tid & 31;
+
+  // Tile order is ticket order, so every tile a look-back waits for has started.
+  if (p.final_tiles > 1) {  // uniform
+    if (tid == 0) shared_tile = atomicAdd(p.final_ticket, 1u);
+    __syncthreads();
+  }
+  const int64_t tile = p.final_tiles > 1 ? shared_tile : 0;
+  const int64_t per = p.final_rows_per_thread;
+  const int64_t base = tile * per * BLOCK;
+  long long* rec = p.records + 8 * tile;
+
+  // The row scalars of the first sub-tile do not depend on the search: load them while it runs.
+  const int64_t r0 = base + tid;
+  const RowInfo ri0 = row_info(p, r0 < B ? r0 : B - 1);
+
+  // Wait for every search block (they never wait for anything, so they all finish).
+  if (tid == 0) {
+    while (load_acquire(p.search_done) < static_cast<unsigned>(p.search_blocks)) __nanosleep(32);
+    shared_u0 = static_cast<int64_t>(__ldcg(p.active));
   }
   __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  finalise<BLOCK>(p);
+  const int64_t U0 = shared_u0;
+  RowState d0{0, 0, 0, false, false};
+  if (r0 < B) d0 = row_state(p, r0, ri0);
+
+  auto state_of = [&](int64_t k, int64_t r) {
+    return k == 0 ? d0 : row_state(p, r, row_info(p, r));
+  };
+
+  Range prefix{0, 0};       // sums over all rows before this tile
+  if (p.final_tiles > 1) {  // uniform
+    // Pass A: this tile's sums, published for the tiles after it.
+    Range mine{0, 0};
+#pragma unroll 1
+    for (int64_t k = 0; k < per && base + k * BLOCK < B; ++k) {
+      const int64_t r = base + k * BLOCK + tid;
+      RowState d{0, 0, 0, false, false};
+      if (r < B) d = state_of(k, r);
+      int64_t pre_c, pre_e, sub_c, sub_e;
+      block_exclusive_scan2(int64_t(d.ori) + d.um, d.eligible, pre_c, pre_e, sub_c, sub_e, smem);
+      mine.s += sub_c;
+      mine.e += sub_e;
+    }
+    if (tid == 0 && tile > 0) {
+      rec[1] = mine.s;
+      rec[2] = mine.e;
+      store_release(rec, 1);  // aggregate available
+    }
+    // Decoupled look-back by warp 0: lane i reads tile `hi - i`, newest first, and the warp
+    // stops at the nearest tile whose inclusive prefix is known.
+    if (tid < 32 && tile > 0) {
+      Range acc{0, 0};
+      for (int64_t hi = tile - 1;; hi -= 32) {
+        const int64_t idx = hi - lane;
+        long long status = 2;  // before tile 0: the empty prefix, inclusive
+        Range v{0, 0};
+        if (idx >= 0) {
+          const long long* q = p.records + 8 * idx;
+          while ((status = load_acquire(q)) == 0) __nanosleep(32);
+          const int off = status == 2 ? 3 : 1;
+          v = Range{__ldcg(q + off), __ldcg(q + off + 1)};
+        }
+        const unsigned inclusive = __ballot_sync(kFull, status == 2);
+        const int stop = inclusive ? __ffs(inclusive) - 1 : 31;
+        if (lane > stop) v = Range{0, 0};  // older than the nearest inclusive prefix
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+          v.s += __shfl_xor_sync(kFull, v.s, o);
+          v.e += __shfl_xor_sync(kFull, v.e, o);
+        }
+        acc.s += v.s;
+        acc.e += v.e;
+        if (inclusive) break;
+      }
+      if (lane == 0) shared_prefix = acc;
+    }
+    if (tid == 0 && tile == 0) shared_prefix = Range{0, 0};
+    __syncthreads();
+    prefix = shared_prefix;
+    if (tid == 0) {
+      rec[3] = prefix.s + mine.s;
+      rec[4] = prefix.e + mine.e;
+      store_release(rec, 2);  // inclusive prefix available
+    }
+  }
+
+  // Pass B: the rows, with T_b and u_b from the prefix sums ("Threshold across tiles" above:
+  // every affected row gets the exact rule with these uncut totals, which gives 0 after b*).
+  int64_t carry_c = prefix.s, carry_e = prefix.e;
+#pragma unroll 1
+  for (int64_t k = 0; k < per && base + k * BLOCK < B; ++k) {
+    const int64_t r = base + k * BLOCK + tid;
+    RowState d{0, 0, 0, false, false};
+    if (r < B) d = state_of(k, r);
+    int64_t pre_c, pre_e, sub_c, sub_e;
+    block_exclusive_scan2(int64_t(d.ori) + d.um, d.eligible, pre_c, pre_e, sub_c, sub_e, smem);
+    const int64_t total = carry_c + pre_c + d.ori;
+    const int64_t unproc = U0 - (carry_e + pre_e + d.eligible);
+    if (r < B) {
+      const bool affected = d.eligible && (total + unproc >= thr - 1 || total + unproc + d.um > thr);
+      int64_t len = d.ori, m = d.um;
+      if (affected) {
+        const int64_t budget =
+            row_budget(p.max_draft_tokens, d.ori, p.max_dec_len[r], p.step_idx[r]);
+        m = tokens_after_threshold(budget, total, unproc, thr, d.um);
+      }
+      int64_t* row = p.draft_tokens + r * p.width;
+      int64_t last = 0;
+      if (d.eligible && m > 0) {  // um > 0 implies a searchable row with a match
+        const int64_t* src = d.in_gen ? p.pre_ids + r * p.s_pre + d.end + 1
+                                      : p.token_ids_all + r * p.s_all + d.end + 1;
+        last = copy_tokens(row + d.ori, src, m);
+        len += m;
+        p.seq_lens_this_time[r] = static_cast<int32_t>(len);
+      }
+      if (p.pad_to_max && len > 0 && len < p.max_draft_tokens + 1) {  // SPEC §1.4
+        if (m == 0) last = row[len - 1];
+        for (int64_t j = len; j <= p.max_draft_tokens; ++j) row[j] = last;
+        p.seq_lens_this_time[r] = static_cast<int32_t>(p.max_draft_tokens + 1);
+      }
+      p.keys[2 * r] = 0ull;  // leave the workspace zero for the next call
+      p.keys[2 * r + 1] = 0ull;
+    }
+    carry_c += sub_c;
+    carry_e += sub_e;
+  }
+
+  // The last finaliser resets the counters and the look-back records (every other finaliser
+  // has finished reading them).
+  __syncthreads();
+  if (tid == 0) {
+    __threadfence();
+    shared_last = atomicAdd(p.final_done, 1u) == static_cast<unsigned>(p.final_tiles - 1);
+  }
+  __syncthreads();
+  if (!shared_last) return;
+  for (int64_t t = tid; t < 8 * p.final_tiles; t += BLOCK) p.records[t] = 0;
+  if (tid == 0) {
+    *p.search_done = 0u;
+    *p.active = 0ull;
+    *p.final_ticket = 0u;
+    *p.final_done = 0u;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel: blocks [0, search_blocks) search (8 units each), the rest finalise.
+// ---------------------------------------------------------------------------------------------
+__global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)  // <= 64 registers: 32 warps per SM
+    hybrid_mtp_ngram_kernel(const NgramParams p) {
+  if (blockIdx.x >= p.search_blocks) {
+    finalise_tile(p);
+    return;
+  }
+  __shared__ unsigned active[kWarps];
+  const int warp = threadIdx.x >> 5;
+  if ((threadIdx.x & 31) == 0) active[warp] = 0;
+  search_unit(p, int64_t(blockIdx.x) * kWarps + warp, &active[warp]);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned n = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) n += active[w];
+    if (n) atomicAdd(p.active, static_cast<unsigned long long>(n));
+    __threadfence();  // keys and U0 before the count that releases the finalisers
+    atomicAdd(p.search_done, 1u);
+  }
 }
 
 }  // namespace
 
-cudaError_t launch_hybrid_mtp_ngram(const NgramParams& p, int block_threads, cudaStream_t stream) {
-  const unsigned grid = static_cast<unsigned>(p.num_blocks);
-  if (block_threads == 128) {
-    hybrid_mtp_ngram_kernel<128><<<grid, 128, 0, stream>>>(p);
-  } else {
-    hybrid_mtp_ngram_kernel<256><<<grid, 256, 0, stream>>>(p);
-  }
+cudaError_t launch_hybrid_mtp_ngram(const NgramParams& p, cudaStream_t stream) {
+  const unsigned grid = static_cast<unsigned>(p.search_blocks + p.final_tiles);
+  hybrid_mtp_ngram_kernel<<<grid, BLOCK, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -72,6 +72,7 @@ class ServerSpec:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     metrics_url: str | None = None
     requires_modules: tuple[str, ...] = ()
+    requires_cuda: bool = False  # the command needs a CUDA device (torch must see one here)
     cwd: str | None = None  # working directory of the command (absolute once loaded)
     # sha256 of files the server's behaviour depends on (e.g. draft-head weights), by the path
     # written in the scenario: part of the scenario hash, so new weights make the baseline stale.
@@ -121,6 +122,8 @@ class ServerSpec:
         for module in self.requires_modules:
             if importlib.util.find_spec(module) is None:
                 return f"Python module {module!r} is not installed"
+        if self.requires_cuda and not _cuda_available():
+            return "it needs a CUDA device (requires_cuda) and torch sees none here"
         unset = placeholders.missing_env(self._placeholder_texts())
         if unset is not None:
             return f"environment variable {unset} is not set"
@@ -132,6 +135,14 @@ class ServerSpec:
 
     def _placeholder_texts(self) -> list[str]:
         return [*(self.command or ()), *self.env.values(), self.metrics_url or ""]
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 @dataclass(frozen=True)

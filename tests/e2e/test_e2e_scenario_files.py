@@ -201,6 +201,20 @@ def test_placeholders_and_skip_reasons(tmp_path: Path, monkeypatch: pytest.Monke
     assert load_scenario(write(tmp_path, VALID)).skip_reason() is None
 
 
+def test_requires_cuda_skips_where_torch_sees_no_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from e2e.scenario import schema
+
+    gpu = load_scenario(write(tmp_path, with_change(["server", "requires_cuda"], True)))
+    monkeypatch.setattr(schema, "_cuda_available", lambda: False)
+    assert "needs a CUDA device (requires_cuda)" in gpu.skip_reason()
+    monkeypatch.setattr(schema, "_cuda_available", lambda: True)
+    assert gpu.skip_reason() is None
+    with pytest.raises(ScenarioError, match="requires_cuda"):
+        load_scenario(write(tmp_path, with_change(["server", "requires_cuda"], "yes")))
+
+
 def test_lossless_scenarios_need_reference_and_candidate(tmp_path: Path) -> None:
     server = VALID["server"]
     data = {

@@ -39,3 +39,57 @@ def test_plain_methods():
 def test_bad_config_names_the_key(text, match):
     with pytest.raises(ValueError, match=match):
         SpeculativeConfig.from_json(text)
+
+
+def test_graph_optimization_config_takes_fastdeploys_keys():
+    from refserver.config import GraphOptimizationConfig
+
+    c = GraphOptimizationConfig.from_json(
+        '{"use_cudagraph":true,"use_unique_memory_pool":true,"draft_model_use_cudagraph":true}'
+    )
+    assert (c.use_cudagraph, c.draft_model_use_cudagraph, c.use_unique_memory_pool) == (
+        True,
+        True,
+        True,
+    )
+    assert not GraphOptimizationConfig.from_json(None).enabled
+    sizes = GraphOptimizationConfig.from_json(
+        '{"use_cudagraph":true,"cudagraph_capture_sizes":[1,4]}'
+    )
+    assert sizes.cudagraph_capture_sizes == (1, 4)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("{not json", "--graph-optimization-config is not valid JSON"),
+        ("[1]", "must be a JSON object"),
+        ('{"use_cudagraph":true,"bogus":1}', r"unknown keys \['bogus'\]"),
+        ('{"use_cudagraph":"yes"}', "use_cudagraph='yes'"),
+        ('{"draft_model_use_cudagraph":true}', "needs use_cudagraph=true"),
+        ('{"use_cudagraph":true,"cudagraph_capture_sizes":[0]}', "cudagraph_capture_sizes"),
+        ('{"use_cudagraph":true,"cudagraph_capture_sizes":4}', "expected a list"),
+    ],
+)
+def test_bad_graph_optimization_config_names_the_key(text, match):
+    from refserver.config import GraphOptimizationConfig
+
+    with pytest.raises(ValueError, match=match):
+        GraphOptimizationConfig.from_json(text)
+
+
+def test_cuda_graphs_are_refused_on_cpu():
+    from refserver.config import EngineConfig, GraphOptimizationConfig
+
+    with pytest.raises(
+        ValueError, match="--graph-optimization-config use_cudagraph=true needs a CUDA device"
+    ):
+        EngineConfig(graph_optimization=GraphOptimizationConfig(use_cudagraph=True), device="cpu")
+
+
+def test_cuda_graph_buckets():
+    from refserver.cuda_graphs import capture_sizes
+
+    assert capture_sizes(8, None) == [1, 2, 4, 8]
+    assert capture_sizes(6, None) == [1, 2, 4, 6]
+    assert capture_sizes(8, (1, 3, 16)) == [1, 3, 8]

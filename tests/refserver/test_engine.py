@@ -272,3 +272,94 @@ def test_a_row_that_breaks_the_batched_forward_fails_alone(model_and_tokenizer, 
         text = "".join(o.text for o in outs[i])
         assert outs[i][-1].finish_reason == "length" and text == alone[i].text
         assert outs[i][-1].metrics is not None
+
+
+def _outputs(results: list[Result]) -> list[list[tuple]]:
+    """Everything a client sees, output by output (logprob values apart: see `_logprobs`)."""
+    return [
+        [(o.token_ids, o.text, o.finish_reason, o.metrics, o.completion_tokens) for o in r.outputs]
+        for r in results
+    ]
+
+
+def _logprobs(results: list[Result]) -> list[tuple[list[int], list[float]]]:
+    """Per output: the token ids of the chosen and top entries, and every logprob value."""
+    table = []
+    for r in results:
+        for o in r.outputs:
+            for lp in o.logprobs or ():
+                table.append(
+                    ([lp.token_id, *(t for t, _ in lp.top)], [lp.logprob, *(v for _, v in lp.top)])
+                )
+    return table
+
+
+def _mixed_requests(chat_prompts, greedy_none) -> list[tuple[list[int], SamplingParams]]:
+    """More requests than slots: one ended by a stop string, one by max_tokens, with logprobs."""
+    stop = " " + greedy_none[0].text.split(" ")[5]
+    return [
+        (chat_prompts[0], SamplingParams(max_tokens=24, temperature=0, stop=(stop,))),
+        (chat_prompts[1], SamplingParams(max_tokens=20, temperature=0, logprobs=True)),
+        (chat_prompts[2], SamplingParams(max_tokens=12, temperature=0)),
+        (chat_prompts[0], SamplingParams(max_tokens=16, temperature=0, logprobs=True)),
+    ]
+
+
+def _run_each(engine: Engine, requests) -> list[Result]:
+    outs: list[list[StepOutput]] = [[] for _ in requests]
+    engine.generate([Request(p, params, outs[i].append) for i, (p, params) in enumerate(requests)])
+    return [
+        Result("".join(o.text for o in out), [t for o in out for t in o.token_ids], out)
+        for out in outs
+    ]
+
+
+@pytest.mark.parametrize("spec", [None, HYBRID], ids=["none", "hybrid"])
+def test_overlap_schedule_changes_no_output(model_and_tokenizer, chat_prompts, greedy_none, spec):
+    """--enable-overlap-schedule delivers a step's outputs during the next step's forward: a
+    row a stop string ends runs one step in vain, which must be discarded. Every output
+    (tokens, text, finish, metrics, logprobs) is the same as without it."""
+    requests = _mixed_requests(chat_prompts, greedy_none)
+    by_mode = {}
+    for overlap in (False, True):
+        engine = make_engine(
+            model_and_tokenizer, spec, max_num_seqs=2, enable_overlap_schedule=overlap
+        )
+        results = _run_each(engine, requests)
+        assert not engine.has_work() and engine.num_running == 0
+        by_mode[overlap] = results
+    assert _outputs(by_mode[True]) == _outputs(by_mode[False])
+    assert by_mode[True][0].finish_reason == "stop"  # the stop string did end the first request
+    # The slot of a row a stop string ends is free one step later under overlap, so a waiting
+    # request may join a batch of another composition: its logits can differ in the last bits
+    # (a batched matmul's summation order), never its tokens.
+    with_overlap, without = _logprobs(by_mode[True]), _logprobs(by_mode[False])
+    assert [ids for ids, _ in with_overlap] == [ids for ids, _ in without]
+    for (_, a), (_, b) in zip(with_overlap, without, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("draft_graph", [False, True], ids=["verify", "verify+draft"])
+def test_cuda_graphs_change_no_text(model_and_tokenizer, chat_prompts, greedy_none, draft_graph):
+    """Greedy texts with the verify (and draft) phases replayed as CUDA graphs equal eager
+    decoding on the same GPU, float32, with more requests than slots and the overlap schedule."""
+    from refserver.config import GraphOptimizationConfig
+    from refserver.model import load_model
+
+    model, tok = load_model(device="cuda")
+    requests = _mixed_requests(chat_prompts, greedy_none)
+    texts = {}
+    for graphs in (False, True):
+        config = EngineConfig(
+            speculative=SpeculativeConfig.from_json(HYBRID),
+            device="cuda",
+            max_num_seqs=2,
+            enable_overlap_schedule=True,
+            graph_optimization=GraphOptimizationConfig(
+                use_cudagraph=graphs, draft_model_use_cudagraph=graphs and draft_graph
+            ),
+        )
+        results = _run_each(Engine(config, model, tok), requests)
+        texts[graphs] = [(r.text, r.finish_reason) for r in results]
+    assert texts[True] == texts[False]
