@@ -90,6 +90,7 @@ from e2e.scenario import RequestSpec, ServerSpec
 from e2e.server import ServerProcess
 from refserver.engine import MODEL_NAME as MODEL
 from refserver.heldout import heldout_prompts
+from refserver.model import resolve_dtype
 from refserver.presets import SPEC_CONFIGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -720,7 +721,12 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
     ap.add_argument(
         "--threads", type=int, nargs="+", help=f"one or more, default {DEFAULTS['threads']}"
     )
-    ap.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="auto (default): refserver's rule for this CPU (bfloat16 only with AMX or AVX-512-BF16)",
+    )
     ap.add_argument("--configs", nargs="+", choices=list(SPEC_CONFIGS), help="default: all")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--no-peer", action="store_true", help="skip the Hugging Face peers")
@@ -747,12 +753,14 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
     if BASELINE not in configs:
         configs = (BASELINE, *configs)  # every speedup is paired with it
     peers = () if a.no_peer or 1 not in a.concurrency else tuple(PEERS)
+    dtype, why = resolve_dtype(a.dtype, "cpu")
+    log.info("dtype %s (%s)", dtype, why)
     s = Settings(
         configs=configs,
         peers=peers,
         concurrency=tuple(sorted(set(a.concurrency))),
         threads=tuple(dict.fromkeys(a.threads)),
-        dtype=a.dtype,
+        dtype=dtype,
         rounds=a.rounds,
         max_tokens=a.max_tokens,
         prompts_per_kind=a.prompts_per_kind,
