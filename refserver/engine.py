@@ -37,6 +37,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from refserver.adaptive import AdaptivePolicy, Plan, RequestState
 from refserver.config import DEFAULT_MTP_DRAFT_VOCAB, EngineConfig
 from refserver.drafting import DraftRow, NgramExtender, resolve_impl
 from refserver.metrics import PrometheusCounters, RequestMetrics
@@ -99,6 +100,7 @@ class _Sequence:
     text: str = ""
     text_sent: int = 0
     finished: bool = False
+    adaptive: RequestState | None = None  # with "adaptive": true, its acceptance statistics
 
     @property
     def last_token(self) -> int:
@@ -138,6 +140,11 @@ class Engine:
             self.ngram = NgramExtender(
                 impl, fn, self.K, self.spec.max_ngram_size, self.spec.min_ngram_size, self.device
             )
+        self.adaptive = (
+            AdaptivePolicy(self.K, self.spec.mtp_steps, self.spec.uses_ngram)
+            if self.spec.adaptive
+            else None
+        )
         self.counters = PrometheusCounters(MODEL_NAME, self.K)
         self._stop_ids = sorted(tokenizer.stop_ids)
         self._rng = random.Random(config.seed)
@@ -221,15 +228,19 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> None:
+        started = time.perf_counter()
         for i, s in enumerate(self._slots):
             if s is not None and s.req.cancelled:
                 log.info("%s cancelled; slot %d freed", s.req.request_id, i)
                 self._slots[i] = None
         to_draft: list[tuple[_Sequence, MTPInput]] = []
         to_draft += self._verify([s for s in self._slots if s is not None])
-        to_draft += self._admit()
+        admitted = self._admit()
+        to_draft += admitted
         if to_draft:
             self._draft(to_draft)
+        if self.adaptive:
+            self.adaptive.costs.record_step(time.perf_counter() - started, typical=not admitted)
         self.counters.running, self.counters.waiting = self.num_running, self.num_waiting
 
     def _admit(self) -> list[tuple[_Sequence, MTPInput]]:
@@ -250,6 +261,7 @@ class Engine:
                     metrics=RequestMetrics(self.K),
                     generator=torch.Generator().manual_seed(seed),
                     detokenizer=IncrementalDecoder(self.tokenizer),
+                    adaptive=self.adaptive.new_request() if self.adaptive else None,
                 )
                 self._slots[seq.slot] = seq
                 item = self._prefill(seq)
@@ -335,15 +347,21 @@ class Engine:
             positions[b] = torch.arange(s.kv_len, s.kv_len + T)
         slots = torch.tensor([s.slot for s in rows])
         dev = self.device
+        started = time.perf_counter()
         hidden = self.model(tokens.to(dev), positions.to(dev), self.cache, slots.to(dev))
         logits = self.model.logits(hidden)  # [B, T, V] float32
-        return hidden, logits, logits.argmax(-1).tolist()  # one host copy for the greedy rows
+        argmax = logits.argmax(-1).tolist()  # one host copy for the greedy rows
+        if self.adaptive:
+            self.adaptive.costs.record_verify(T, time.perf_counter() - started)
+        return hidden, logits, argmax
 
     def _accept_row(
         self, s: _Sequence, hidden: Tensor, logits: Tensor, argmax: list[int]
     ) -> tuple[_Sequence, MTPInput] | None:
         n = 1 + len(s.drafts)
         accepted, emitted = self._accept(s, logits[:n], s.drafts, argmax)
+        if s.adaptive:
+            s.adaptive.observe(accepted)
         start = s.kv_len
         s.kv_len += accepted + 1  # last token + accepted drafts are now valid in the cache
         num_drafts, s.drafts = len(s.drafts), []
@@ -463,12 +481,19 @@ class Engine:
         """Next drafts for every row that goes on: MTP first, then the n-gram extension."""
         if self.K == 0:
             return
-        inputs = {id(s): inp for s, inp in items}
+        plans = {id(s): self._plan(s, inp) for s, inp in items}
 
         def draft_rows(seqs: list[_Sequence]) -> list[list[int]]:
             drafts: list[list[int]] = [[] for _ in seqs]
-            if self.mtp is not None:
-                drafts = self.mtp.draft([inputs[id(s)] for s in seqs], self.spec.mtp_steps)
+            mtp_rows = [b for b, s in enumerate(seqs) if plans[id(s)].mtp_steps]
+            if mtp_rows:
+                rows = [plans[id(seqs[b])] for b in mtp_rows]
+                steps, started = max(p.mtp_steps for p in rows), time.perf_counter()
+                out = self.mtp.draft([p.mtp_input for p in rows], steps)
+                if self.adaptive:
+                    self.adaptive.costs.record_mtp(steps, time.perf_counter() - started, rows)
+                for b, p, d in zip(mtp_rows, rows, out, strict=True):
+                    drafts[b] = d[: p.mtp_steps]
             if self.ngram is not None:
                 rows = [
                     DraftRow(
@@ -487,7 +512,16 @@ class Engine:
             for s, d in zip(group, drafts, strict=True):
                 # Drafts past max_tokens could never be emitted; verifying them is wasted work.
                 room = s.req.params.max_tokens - len(s.out_ids) - 1
-                s.drafts = list(d[: min(self.K, max(room, 0))])
+                s.drafts = list(d[: min(plans[id(s)].max_drafts, max(room, 0))])
+                if s.adaptive:
+                    s.adaptive.drafted(plans[id(s)], room, len(s.drafts))
+
+    def _plan(self, s: _Sequence, mtp_input: MTPInput) -> Plan:
+        """The configured drafts, or with "adaptive": true what pays for this row now."""
+        mtp_input_or_none = mtp_input if self.mtp is not None else None
+        if s.adaptive is None:
+            return Plan(self.spec.mtp_steps, self.K, mtp_input_or_none)
+        return self.adaptive.plan(s.adaptive, mtp_input_or_none)
 
 
 def _draft_vocab(config: EngineConfig) -> int:
