@@ -12,7 +12,8 @@ One engine thread owns the model. Each `step()`:
 3. admits waiting requests into the free slots and prefills them one by one (the first token is
    emitted right away; it is a step with accept_num = 1 for SPEC §2);
 4. drafts for the verified and the admitted rows at once: MTP for s tokens, then
-   `hybrid_mtp_ngram` (op or oracle).
+   `hybrid_mtp_ngram` (op or oracle); with `"adaptive": true` each row drafts only as much as
+   measurably pays (`refserver/adaptive.py`).
 
 Requests come from other threads through `submit()`; results go back through each request's
 `sink` callback, called on the engine thread.
@@ -487,12 +488,12 @@ class Engine:
             drafts: list[list[int]] = [[] for _ in seqs]
             mtp_rows = [b for b, s in enumerate(seqs) if plans[id(s)].mtp_steps]
             if mtp_rows:
-                rows = [plans[id(seqs[b])] for b in mtp_rows]
-                steps, started = max(p.mtp_steps for p in rows), time.perf_counter()
-                out = self.mtp.draft([p.mtp_input for p in rows], steps)
+                mtp_plans = [plans[id(seqs[b])] for b in mtp_rows]
+                steps, started = max(p.mtp_steps for p in mtp_plans), time.perf_counter()
+                out = self.mtp.draft([p.mtp_input for p in mtp_plans], steps)
                 if self.adaptive:
-                    self.adaptive.costs.record_mtp(steps, time.perf_counter() - started, rows)
-                for b, p, d in zip(mtp_rows, rows, out, strict=True):
+                    self.adaptive.costs.record_mtp(steps, time.perf_counter() - started, mtp_plans)
+                for b, p, d in zip(mtp_rows, mtp_plans, out, strict=True):
                     drafts[b] = d[: p.mtp_steps]
             if self.ngram is not None:
                 rows = [
