@@ -162,8 +162,9 @@ def server_dtype(command: Sequence[str] | str | None) -> str | None:
 def check_dtype(
     baseline: Baseline | None, command: Sequence[str] | None, scenario_path: Path
 ) -> None:
-    """A baseline's numbers hold for one dtype: the scenario must pin the server's dtype (refserver
-    and vLLM default to `auto`, which picks by CPU) and pin the one the baseline was recorded in."""
+    """A baseline's numbers hold for one dtype, so the scenario must pin the server's: not
+    `--dtype auto` (refserver's and vLLM's auto pick by CPU), not a refserver command without
+    `--dtype` (its default is auto), and the dtype the baseline was recorded in."""
     if not command:
         return  # a running server (server_url): its command is not ours to check
     dtype = server_dtype(command)
