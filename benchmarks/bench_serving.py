@@ -6,7 +6,8 @@
         --concurrency 1 --no-peer --rounds 4 --prompts-per-kind 3   # issue 16's table, vLLM too
     pytest -m benchmark benchmarks/test_bench_serving.py -s    # the --quick variant, checked
 
-Defaults: bfloat16, 2 torch threads per server and for the peer (see "Threads" below), all six
+Defaults: --dtype auto (refserver's rule: bfloat16 only with AMX or AVX-512-BF16, else float32),
+2 torch threads per server and for the peer (see "Threads" below), all seven
 configurations of refserver/presets.py:SPEC_CONFIGS, concurrency 1 and 8, 4 repetitive
 + 4 open prompts, greedy, max_tokens 64, 5 rounds (so the spread is the interquartile range).
 `--out X.md` also writes X.json with every round's raw tallies and load, for re-analysis.
@@ -105,6 +106,7 @@ from e2e.scenario import RequestSpec, ServerSpec, load_scenario
 from e2e.server import ServerProcess, describe_server
 from refserver.engine import MODEL_NAME as MODEL
 from refserver.heldout import heldout_prompts
+from refserver.model import resolve_dtype
 from refserver.presets import SPEC_CONFIGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -719,7 +721,11 @@ def render(s: Settings, rounds: Sequence[RoundResult], meta: dict[str, str]) -> 
     out += thread_table(s, rounds)
     out += ["", *output_notes(s, rounds)]
     if flags:
-        out += ["", "Acceptance differs between rounds (⚠; a bug at concurrency 1):"]
+        out += [
+            "",
+            "Acceptance differs between rounds (⚠; a bug at concurrency 1, except for adaptive "
+            "configs: their drafts follow measured timings):",
+        ]
         out += [f"- {f}" for f in flags]
     return "\n".join(out) + "\n"
 
@@ -817,7 +823,8 @@ def output_notes(s: Settings, rounds: Sequence[RoundResult]) -> list[str]:
     )
     changed_s = [f"{label} (threads {t}) {pid}" for label, t, pid in changed]
     notes.append(
-        "- outputs that changed between rounds (unexpected under greedy at c=1): "
+        "- outputs that changed between rounds (unexpected under greedy at c=1, except for "
+        "adaptive configs in bfloat16, whose draft lengths follow timings): "
         + (", ".join(changed_s) if changed_s else "none")
     )
     return notes
@@ -954,7 +961,12 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
     ap.add_argument(
         "--threads", type=int, nargs="+", help=f"one or more, default {DEFAULTS['threads']}"
     )
-    ap.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="auto (default): refserver's rule for this CPU (bfloat16 only with AMX or AVX-512-BF16)",
+    )
     ap.add_argument("--device", default="cpu", help="the servers' --device (cpu | cuda)")
     ap.add_argument(
         "--server-args",
@@ -994,12 +1006,14 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
     if BASELINE not in configs:
         configs = (BASELINE, *configs)  # every speedup is paired with it
     peers = () if a.no_peer or 1 not in a.concurrency else tuple(PEERS)
+    dtype, why = resolve_dtype(a.dtype, "cpu")
+    log.info("dtype %s (%s)", dtype, why)
     s = Settings(
         configs=configs,
         peers=peers,
         concurrency=tuple(sorted(set(a.concurrency))),
         threads=tuple(dict.fromkeys(a.threads)),
-        dtype=a.dtype,
+        dtype=dtype,
         rounds=a.rounds,
         max_tokens=a.max_tokens,
         prompts_per_kind=a.prompts_per_kind,

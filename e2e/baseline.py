@@ -14,9 +14,11 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import shlex
 import socket
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +143,44 @@ def check_fresh(baseline: Baseline, scenario_hash: str, path: Path, scenario_pat
             f"{baseline.scenario_hash[:19]}, but {scenario_path.name} now hashes to "
             f"{scenario_hash[:19]} (its server command, a fingerprinted file, the requests or the adapter changed). Run "
             f"`specgate baseline update {scenario_path}` to re-measure it."
+        )
+
+
+def server_dtype(command: Sequence[str] | str | None) -> str | None:
+    """The value of `--dtype` in a server command (its words, or the recorded command line)."""
+    if not command:
+        return None
+    words = shlex.split(command) if isinstance(command, str) else list(command)
+    for i, word in enumerate(words):
+        if word == "--dtype" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--dtype="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def check_dtype(
+    baseline: Baseline | None, command: Sequence[str] | None, scenario_path: Path
+) -> None:
+    """A baseline's numbers hold for one dtype, so the scenario must pin the server's: not
+    `--dtype auto` (refserver's and vLLM's auto pick by CPU), not a refserver command without
+    `--dtype` (its default is auto), and the dtype the baseline was recorded in."""
+    if not command:
+        return  # a running server (server_url): its command is not ours to check
+    dtype = server_dtype(command)
+    runs_refserver = any(w == "refserver" or w.endswith("/refserver") for w in command)
+    if dtype == "auto" or (dtype is None and runs_refserver):
+        raise BaselineError(
+            f"{scenario_path}: the server command {'passes --dtype auto' if dtype else 'has no --dtype'}"
+            ", so its dtype depends on the CPU it runs on, but a baseline holds the numbers of "
+            "one dtype: pin --dtype float32 or --dtype bfloat16 in the scenario"
+        )
+    recorded = server_dtype(baseline.provenance.get("server_command")) if baseline else None
+    if recorded is not None and dtype is not None and recorded != dtype:
+        raise BaselineError(
+            f"{scenario_path}: the baseline was recorded with the server in --dtype {recorded}, "
+            f"but the scenario runs it in --dtype {dtype}; run the scenario in {recorded} or "
+            f"re-record with `specgate baseline update {scenario_path}`"
         )
 
 

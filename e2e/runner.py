@@ -20,6 +20,7 @@ from e2e.baseline import (
     Baseline,
     BaselineError,
     BaselineFormatError,
+    check_dtype,
     check_fresh,
     collect_provenance,
     load_baseline,
@@ -320,6 +321,7 @@ def _run_metrics(scenario: Scenario, pool: ServerPool, result: ScenarioResult) -
     try:  # a missing or stale baseline fails before any server is launched
         baseline = load_baseline(scenario.baseline)
         result.baseline_provenance = baseline.provenance
+        check_dtype(baseline, scenario.server.command, scenario.path)
         check_fresh(baseline, scenario.hash, scenario.baseline, scenario.path)
     except BaselineError as exc:
         result.messages.append(str(exc))

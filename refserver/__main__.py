@@ -50,7 +50,13 @@ def build_parser(prog: str = "python -m refserver") -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=8)
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="auto (default): bfloat16 on a CPU with fast bf16 matrix units (AMX or AVX-512-BF16), "
+        "else float32; float32 on CUDA. The choice and its reason are logged",
+    )
     p.add_argument(
         "--ngram-impl",
         default="auto",
@@ -98,6 +104,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m refserver") -> in
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from refserver.model import resolve_dtype
+
+    dtype, why = resolve_dtype(args.dtype, args.device)
+    logging.getLogger("refserver").info("dtype %s (%s)", dtype, why)
     try:
         config = EngineConfig(
             speculative=SpeculativeConfig.from_json(args.speculative_config),
@@ -106,7 +116,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m refserver") -> in
             max_num_seqs=args.max_num_seqs,
             max_model_len=args.max_model_len,
             device=args.device,
-            dtype=args.dtype,
+            dtype=dtype,
             ngram_impl=args.ngram_impl,
             seed=args.seed,
             mtp_head_path=args.mtp_head,

@@ -31,6 +31,9 @@ class SpeculativeConfig:
     mtp_strategy: str = "default"
     max_ngram_size: int = 3
     min_ngram_size: int = 1
+    # refserver's own key (not FastDeploy's): per request, draft only as much as measurably pays
+    # (refserver/adaptive.py); K stays the maximum, speculate_metrics are unchanged.
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -51,7 +54,15 @@ class SpeculativeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"speculative-config {name}={value!r}: expected an integer")
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(
+                f"speculative-config adaptive={self.adaptive!r}: expected true or false"
+            )
         if self.method == "none":
+            if self.adaptive:
+                raise ValueError(
+                    "speculative-config adaptive=true: needs method 'ngram' or 'mtp', not 'none'"
+                )
             return
         K = self.num_speculative_tokens
         if not 1 <= K <= MAX_SPECULATIVE_TOKENS:
@@ -89,10 +100,11 @@ class SpeculativeConfig:
     def label(self) -> str:
         if self.method == "none":
             return "none"
+        adaptive = " adaptive" if self.adaptive else ""
         if self.method == "ngram":
-            return f"ngram K={self.K}"
+            return f"ngram K={self.K}{adaptive}"
         hybrid = "+ngram" if self.uses_ngram else ""
-        return f"mtp{hybrid} K={self.K} s={self.num_model_steps}"
+        return f"mtp{hybrid} K={self.K} s={self.num_model_steps}{adaptive}"
 
     @classmethod
     def from_json(cls, text: str | None) -> SpeculativeConfig:

@@ -41,6 +41,7 @@ class DraftRow:
     last_token: int  # the last emitted token: draft_tokens[slot, 0]
     num_generated: int  # emitted tokens so far (the last one included)
     kv_len: int  # tokens in the target's KV cache; > 0 for every active row
+    num_mtp: int | None = None  # MTP drafts of this row (adaptive); None: all of the step's
 
 
 class NgramExtender:
@@ -115,14 +116,15 @@ class NgramExtender:
     ) -> tuple[torch.Tensor, ...]:
         """The per-row facts `run` takes, on the op's device in one copy: slots, last tokens,
         step_idx, KV lengths and whether each row drafts (a CUDA graph's padding rows do not)."""
-        s = num_mtp_drafts
+        num_mtp = [num_mtp_drafts if r.num_mtp is None else r.num_mtp for r in rows]
         table = torch.tensor(
             [
                 [r.slot for r in rows],
                 [r.last_token for r in rows],
-                [r.num_generated + s - 1 for r in rows],  # step_idx: the last written token
+                [r.num_generated + n - 1 for r, n in zip(rows, num_mtp, strict=True)],  # step_idx
                 [r.kv_len for r in rows],
                 [1] * len(rows) if active is None else [int(a) for a in active],
+                num_mtp,
             ],
             dtype=torch.int64,
         )
@@ -135,6 +137,7 @@ class NgramExtender:
         step_idx: torch.Tensor,
         kv_len: torch.Tensor,
         active: torch.Tensor,
+        num_mtp: torch.Tensor,
         mtp_drafts: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Device work only (a CUDA graph can capture it): lay the rows' MTP drafts
@@ -144,7 +147,7 @@ class NgramExtender:
         s = 0 if mtp_drafts is None else mtp_drafts.shape[1]
         self.seq_lens_this_time.zero_()
         self.seq_lens_decoder.zero_()
-        self.seq_lens_this_time[slots] = (active * (1 + s)).int()
+        self.seq_lens_this_time[slots] = (active * (1 + num_mtp)).int()
         self.seq_lens_decoder[slots] = (active * kv_len).int()
         self.step_idx[slots] = step_idx
         self.draft_tokens[slots, 0] = last
@@ -152,7 +155,9 @@ class NgramExtender:
             drafts = mtp_drafts.to(self.device, torch.int64)
             self.draft_tokens[slots, 1 : 1 + s] = drafts
             # pre_ids holds the verified tokens then the MTP drafts (SPEC §1.2).
-            cols = (step_idx - s + 1)[:, None] + torch.arange(s, device=self.device)
+            # A row with fewer MTP drafts than s (adaptive) writes the rest past its step_idx,
+            # where the op does not read and the next accepted tokens overwrite.
+            cols = (step_idx - num_mtp + 1)[:, None] + torch.arange(s, device=self.device)
             self.pre_ids[slots[:, None].expand(-1, s), cols] = drafts
         self.fn(
             self.token_ids_all,

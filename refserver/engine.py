@@ -13,7 +13,8 @@ One engine thread owns the model. Each `step()`:
    emitted right away; it is a step with accept_num = 1 for SPEC §2);
 4. drafts for the verified and the admitted rows at once: MTP for s tokens, then
    `hybrid_mtp_ngram` (op or oracle) on request state that lives on its device
-   (`drafting.NgramExtender`).
+   (`drafting.NgramExtender`); with `"adaptive": true` each row drafts only as much as
+   measurably pays (`refserver/adaptive.py`).
 
 Acceptance is token-level (which tokens, cut at EOS and max_tokens); the output of a step
 (detokenization, stop strings, logprobs delivery, streaming, metrics) is `_PendingOutput`. Under
@@ -50,6 +51,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from refserver.adaptive import AdaptivePolicy, Plan, RequestState
 from refserver.config import DEFAULT_MTP_DRAFT_VOCAB, EngineConfig
 from refserver.cuda_graphs import GraphedPhase, capture_sizes
 from refserver.drafting import DraftRow, NgramExtender, read_drafts, resolve_impl
@@ -117,6 +119,7 @@ class _Sequence:
     done: bool = False  # accepted its last token (EOS / max_tokens): slot freed, no more steps
     finished: bool = False  # its last output is delivered (or a stop string ended it)
     failed: bool = False  # ended with an error response
+    adaptive: RequestState | None = None  # with "adaptive": true, its acceptance statistics
 
     @property
     def last_token(self) -> int:
@@ -187,6 +190,11 @@ class Engine:
             self._verify_graph = GraphedPhase("verify", verify, self.device, pool)
             if graphs.draft_model_use_cudagraph and self.mtp is not None:
                 self._draft_graph = GraphedPhase("draft", self._draft_batch, self.device, pool)
+        self.adaptive = (
+            AdaptivePolicy(self.K, self.spec.mtp_steps, self.spec.uses_ngram)
+            if self.spec.adaptive
+            else None
+        )
         self.counters = PrometheusCounters(MODEL_NAME, self.K)
         self._stop_ids = sorted(tokenizer.stop_ids)
         self._rng = random.Random(config.seed)
@@ -274,6 +282,7 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> None:
+        started = time.perf_counter()
         for i, s in enumerate(self._slots):
             if s is not None and s.req.cancelled:
                 log.info("%s cancelled; slot %d freed", s.req.request_id, i)
@@ -283,9 +292,12 @@ class Engine:
         if not rows:
             self._deliver_pending()  # no forward to overlap with
         to_draft += self._verify(rows)  # under overlap it delivers the last step's outputs
-        to_draft += self._admit()
+        admitted = self._admit()
+        to_draft += admitted
         if to_draft:
             self._draft(to_draft)
+        if self.adaptive:
+            self.adaptive.costs.record_step(time.perf_counter() - started, typical=not admitted)
         self.counters.running, self.counters.waiting = self.num_running, self.num_waiting
 
     def _admit(self) -> list[tuple[_Sequence, MTPInput]]:
@@ -306,6 +318,7 @@ class Engine:
                     metrics=RequestMetrics(self.K),
                     generator=torch.Generator().manual_seed(seed),
                     detokenizer=IncrementalDecoder(self.tokenizer),
+                    adaptive=self.adaptive.new_request() if self.adaptive else None,
                 )
                 self._slots[seq.slot] = seq
                 if self.ngram is not None:
@@ -409,6 +422,7 @@ class Engine:
             # which no real query reads and the next step overwrites.
             positions += range(s.kv_len, s.kv_len + T)
         B = len(batch_slots)
+        started = time.perf_counter()
         inputs = torch.tensor(tokens + positions + batch_slots).to(self.device)  # one copy
         args = inputs[: B * T].view(B, T), inputs[B * T : 2 * B * T].view(B, T), inputs[2 * B * T :]
         if graphed:
@@ -419,9 +433,14 @@ class Engine:
         if order != list(range(B)):  # a graph's rows are slots 0..bucket-1: copy out ours
             index = torch.tensor(order, device=self.device)
             hidden, logits, argmax = hidden[index], logits[index], argmax[index]
+        delivering = time.perf_counter()
         if self.overlap:
             self._deliver_pending()  # host work of the last step, while the device works
-        return hidden, logits, argmax.tolist()  # one host copy for the greedy rows
+        delivering = time.perf_counter() - delivering
+        argmax = argmax.tolist()  # one host copy for the greedy rows
+        if self.adaptive:  # the verify's cost, without the overlapped delivery
+            self.adaptive.costs.record_verify(T, time.perf_counter() - started - delivering)
+        return hidden, logits, argmax
 
     def _verify_batch(
         self, tokens: Tensor, positions: Tensor, slots: Tensor, static_kv_len: int | None = None
@@ -454,6 +473,8 @@ class Engine:
     ) -> tuple[_Sequence, MTPInput] | None:
         n = 1 + len(s.drafts)
         accepted, emitted = self._accept(s, logits[:n], s.drafts, argmax)
+        if s.adaptive:
+            s.adaptive.observe(accepted)
         start = s.kv_len
         s.kv_len += accepted + 1  # last token + accepted drafts are now valid in the cache
         num_drafts, s.drafts = len(s.drafts), []
@@ -616,33 +637,66 @@ class Engine:
         """Next drafts for every row that goes on: MTP first, then the n-gram extension."""
         if self.K == 0:
             return
-        inputs = {id(s): inp for s, inp in items}
+        plans = {id(s): self._plan(s, inp) for s, inp in items}
 
         def draft_rows(seqs: list[_Sequence]) -> list[list[int]]:
-            rows = [self._draft_row(s) for s in seqs]
-            mtp_inputs = [inputs[id(s)] for s in seqs]
-            batch_slots = self._graph_batch(seqs) if self._draft_graph is not None else None
-            if batch_slots is not None:
-                return self._draft_graphed(rows, mtp_inputs, batch_slots)
-            mtp_drafts = None
-            if self.mtp is not None:
-                mtp_drafts = self.mtp.draft(mtp_inputs, self.spec.mtp_steps)
+            row_plans = [plans[id(s)] for s in seqs]
+            rows = [self._draft_row(s, p.mtp_steps) for s, p in zip(seqs, row_plans, strict=True)]
+            # Adaptive rows draft what pays for each of them, which a captured graph cannot.
+            if self._draft_graph is not None and self.adaptive is None:
+                batch_slots = self._graph_batch(seqs)
+                if batch_slots is not None:
+                    mtp_inputs = [p.mtp_input for p in row_plans]
+                    return self._draft_graphed(rows, mtp_inputs, batch_slots)
+            mtp_drafts = self._mtp_drafts(row_plans)
             if self.ngram is None:
-                return mtp_drafts.tolist()
+                table = mtp_drafts.tolist()
+                return [d[: p.mtp_steps] for d, p in zip(table, row_plans, strict=True)]
             return self.ngram.extend(rows, mtp_drafts)
 
         for group, drafts in self._in_groups(draft_rows, [s for s, _ in items]):
             for s, d in zip(group, drafts, strict=True):
                 # Drafts past max_tokens could never be emitted; verifying them is wasted work.
                 room = s.req.params.max_tokens - len(s.out_ids) - 1
-                s.drafts = list(d[: min(self.K, max(room, 0))])
+                s.drafts = list(d[: min(plans[id(s)].max_drafts, max(room, 0))])
+                if s.adaptive:
+                    s.adaptive.drafted(plans[id(s)], room, len(s.drafts))
 
-    def _draft_row(self, s: _Sequence) -> DraftRow:
+    def _plan(self, s: _Sequence, mtp_input: MTPInput) -> Plan:
+        """The configured drafts, or with "adaptive": true what pays for this row now."""
+        mtp_input_or_none = mtp_input if self.mtp is not None else None
+        if s.adaptive is None:
+            return Plan(self.spec.mtp_steps, self.K, mtp_input_or_none)
+        return self.adaptive.plan(s.adaptive, mtp_input_or_none)
+
+    def _mtp_drafts(self, plans: list[Plan]) -> Tensor | None:
+        """[len(plans), s] MTP drafts on the device, None without MTP. A row whose plan runs
+        fewer than s steps (adaptive) has its own count in its DraftRow; the columns past it
+        are not read."""
+        if self.mtp is None:
+            return None
+        s = self.spec.mtp_steps
+        mtp_rows = [b for b, p in enumerate(plans) if p.mtp_steps]
+        drafts = torch.zeros((len(plans), s), dtype=torch.int64, device=self.device)
+        if not mtp_rows:
+            return drafts
+        steps = max(plans[b].mtp_steps for b in mtp_rows)
+        started = time.perf_counter()
+        out = self.mtp.draft([plans[b].mtp_input for b in mtp_rows], steps)
+        if self.adaptive:
+            mtp_plans = [plans[b] for b in mtp_rows]
+            self.adaptive.costs.record_mtp(steps, time.perf_counter() - started, mtp_plans)
+        if len(mtp_rows) == len(plans) and steps == s:
+            return out
+        drafts[torch.tensor(mtp_rows, device=self.device), :steps] = out.to(torch.int64)
+        return drafts
+
+    def _draft_row(self, s: _Sequence, num_mtp: int) -> DraftRow:
         """The row's n-gram state: its newly accepted tokens are recorded first."""
         if self.ngram is not None:
             self.ngram.record(s.slot, s.num_recorded, s.out_ids[s.num_recorded :])
             s.num_recorded = len(s.out_ids)
-        return DraftRow(s.slot, s.last_token, len(s.out_ids), s.kv_len)
+        return DraftRow(s.slot, s.last_token, len(s.out_ids), s.kv_len, num_mtp)
 
     def _draft_graphed(
         self, rows: list[DraftRow], inputs: list[MTPInput], batch_slots: list[int]

@@ -247,6 +247,50 @@ def onednn_bf16_packing() -> bool:
     return ok
 
 
+DTYPES = ("float32", "bfloat16")
+
+
+def cpu_bf16_units() -> tuple[bool, str]:
+    """(fast bf16 matmuls here, why): the CPU has bf16 matrix units (AMX tiles or AVX-512-BF16)
+    AND oneDNN and ATen may use them.
+
+    torch.cpu._is_amx_tile_supported / _is_avx512_bf16_supported read the CPU itself (cpuinfo)
+    and ignore ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY; oneDNN's own bf16 check and ATen's
+    capability honour them, so all three are asked. Without the units a bf16 verification of
+    k+1 tokens costs about k+1 one-token steps (issue 16, AMD EPYC), and float32 is faster.
+    """
+    amx = bool(torch.cpu._is_amx_tile_supported())
+    avx512_bf16 = bool(torch.cpu._is_avx512_bf16_supported())
+    onednn = torch.backends.mkldnn.is_available() and bool(
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+    aten = torch.backends.cpu.get_cpu_capability()
+    facts = (
+        f"AMX tiles {'yes' if amx else 'no'}, AVX-512-BF16 {'yes' if avx512_bf16 else 'no'}, "
+        f"oneDNN bf16 {'yes' if onednn else 'no'}, ATen capability {aten}"
+    )
+    return (amx or avx512_bf16) and onednn and aten.startswith("AVX512"), facts
+
+
+def resolve_dtype(requested: str, device: str) -> tuple[str, str]:
+    """(dtype, reason) for `--dtype` (`auto`, `float32` or `bfloat16`) on `device`.
+
+    auto: on CPU bfloat16 only with fast bf16 matrix units (`cpu_bf16_units`), else float32; on
+    CUDA float32, the lossless configuration, which at 135M parameters was also the faster one
+    on an H200 (the GPU is host-bound: README, "On a GPU").
+    """
+    if requested in DTYPES:
+        return requested, "as requested"
+    if requested != "auto":
+        raise ValueError(f"dtype={requested!r}: expected 'auto', 'float32' or 'bfloat16'")
+    if device.startswith("cuda"):
+        return "float32", "auto on CUDA: float32, the lossless configuration"
+    fast, facts = cpu_bf16_units()
+    if fast:
+        return "bfloat16", f"auto: this CPU has fast bf16 matrix units ({facts})"
+    return "float32", f"auto: no usable bf16 matrix units on this CPU ({facts})"
+
+
 @functools.cache
 def f32_packed_min_rows() -> int | None:
     """From how many rows a float32 Linear uses its oneDNN-packed weight; None: never.

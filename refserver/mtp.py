@@ -11,6 +11,7 @@ Optionally the drafts choose among the target's N most frequent tokens only
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,22 @@ class MTPInput:
     hidden: Tensor  # [m, d]
     next_tokens: Sequence[int]  # m tokens
     start: int
+
+
+def join_mtp_inputs(inputs: Sequence[MTPInput]) -> MTPInput:
+    """Consecutive inputs of one row (each starts where the last one ended) as one."""
+    for a, b in itertools.pairwise(inputs):
+        if a.slot != b.slot or a.start + len(a.next_tokens) != b.start:
+            raise ValueError(
+                f"MTP inputs are not consecutive: slot {a.slot} positions {a.start}+"
+                f"{len(a.next_tokens)}, then slot {b.slot} from {b.start}"
+            )
+    return MTPInput(
+        inputs[0].slot,
+        torch.cat([x.hidden for x in inputs]),
+        [t for x in inputs for t in x.next_tokens],
+        inputs[0].start,
+    )
 
 
 class MTPDrafter:

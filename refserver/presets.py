@@ -8,6 +8,8 @@ HYBRID = (
     '{"method":"mtp","num_speculative_tokens":5,"num_model_steps":3,'
     '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
 )
+# The hybrid with refserver's adaptive drafting (refserver/adaptive.py): K=5 s=3 at most.
+HYBRID_ADAPTIVE = HYBRID[:-1] + ',"adaptive":true}'
 SPEC_CONFIGS: dict[str, str | None] = {
     "none": None,
     "ngram K=5": NGRAM,
@@ -18,4 +20,5 @@ SPEC_CONFIGS: dict[str, str | None] = {
         '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":1,'
         '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
     ),
+    "adaptive hybrid K=5 s=3": HYBRID_ADAPTIVE,
 }

@@ -208,7 +208,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline_update(args: argparse.Namespace) -> int:
-    from e2e.baseline import BaselineError, diff_baselines, load_baseline, write_baseline_atomic
+    from e2e.baseline import (
+        BaselineError,
+        check_dtype,
+        diff_baselines,
+        load_baseline,
+        write_baseline_atomic,
+    )
     from e2e.runner import build_baseline, skip_reason
     from e2e.schedule import Schedule
     from e2e.server import ServerPool, ServerStartError
@@ -231,6 +237,12 @@ def cmd_baseline_update(args: argparse.Namespace) -> int:
             reason = skip_reason(scenario, pool)
             if reason:
                 print(f"cannot measure: {reason}", file=sys.stderr)
+                failed = True
+                continue
+            try:
+                check_dtype(None, scenario.server.command, scenario.path)
+            except BaselineError as exc:
+                print(f"cannot record a baseline: {exc}", file=sys.stderr)
                 failed = True
                 continue
             try:

@@ -11,6 +11,7 @@ from e2e.baseline import (
     Baseline,
     BaselineError,
     BaselineFormatError,
+    check_dtype,
     check_fresh,
     diff_baselines,
     load_baseline,
@@ -137,6 +138,47 @@ def test_missing_and_stale_baselines_say_what_to_run(tmp_path: Path) -> None:
     assert "stale baseline" in str(info.value)
     assert f"specgate baseline update {tmp_path / 's.yaml'}" in str(info.value)
     check_fresh(make({}), "sha256:1", tmp_path / "b.yaml", tmp_path / "s.yaml")  # fresh: no error
+
+
+REFSERVER = ("{python}", "-m", "refserver", "--port", "{port}")
+
+
+def test_a_baseline_holds_one_dtype_and_the_scenario_must_pin_it(tmp_path: Path) -> None:
+    recorded = make({})
+    recorded.provenance["server_command"] = "'{python}' -m refserver --dtype float32 --seed 0"
+    scenario = tmp_path / "s.yaml"
+    check_dtype(recorded, (*REFSERVER, "--dtype", "float32"), scenario)  # same dtype: fine
+    check_dtype(None, (*REFSERVER, "--dtype=bfloat16"), scenario)  # nothing recorded yet
+    check_dtype(recorded, None, scenario)  # a running server: not ours to check
+    with pytest.raises(
+        BaselineError,
+        match=r"recorded with the server in --dtype float32, but "
+        r"the scenario runs it in --dtype bfloat16",
+    ):
+        check_dtype(recorded, (*REFSERVER, "--dtype", "bfloat16"), scenario)
+    for command, why in (
+        ((*REFSERVER, "--dtype", "auto"), "passes --dtype auto"),
+        (REFSERVER, "has no --dtype"),  # refserver's default is auto
+        (("vllm", "serve", "m", "--dtype", "auto"), "passes --dtype auto"),
+    ):
+        with pytest.raises(BaselineError, match=why) as info:
+            check_dtype(recorded, command, scenario)
+        assert "pin --dtype float32 or --dtype bfloat16" in str(info.value)
+    check_dtype(recorded, ("vllm", "serve", "m"), scenario)  # not refserver: its default is its own
+
+
+def test_committed_scenarios_pin_the_dtype_their_baseline_was_recorded_in() -> None:
+    from e2e.scenario import load_scenario, resolve_scenarios
+
+    root = Path(__file__).resolve().parents[2]
+    checked = 0
+    for path in resolve_scenarios([], root / "scenarios"):
+        scenario = load_scenario(path)
+        if scenario.kind != "metrics" or not scenario.baseline.exists():
+            continue
+        check_dtype(load_baseline(scenario.baseline), scenario.server.command, path)
+        checked += 1
+    assert checked >= 5
 
 
 def test_diff_lists_moved_fields_text_and_provenance() -> None:

@@ -1,0 +1,257 @@
+"""Adaptive drafting (opt-in, `"adaptive": true` in `--speculative-config`): per request and per
+step, the draft length k <= K and the number of MTP steps that maximise expected tokens per
+second, from what speculation measurably costs and saves on the machine it runs on.
+
+Speculation pays only when the tokens a step gains outweigh what the draft and its verification
+cost. Both sides are measured, never assumed:
+
+- per request, the acceptance of each draft position, separately for the MTP drafts (position j
+  of the MTP part) and the n-gram drafts (position i of the n-gram part; a position the n-gram
+  lookup found nothing for counts as not accepted, so its rate is "a useful token came"),
+  as decayed counts (`DECAY` per trial, `IDLE_DECAY` per step without one) over a Beta prior;
+- engine-wide, an EMA of the verify forward's time by tokens per row, of the MTP draft call's
+  time by its steps, and of the rest of a step (acceptance, emission, the n-gram op).
+
+`AdaptivePolicy.plan` then scores every (MTP steps m, cap k) with
+    tokens/s = (1 + E[accepted drafts]) / (verify(E[T]) + mtp(m) + rest)
+and picks the best. Positions beyond the plan are re-probed two ways: a position not tried
+drifts back to the prior, and every PROBE_EVERY steps the plan takes one position more when that
+position could pay (PROBE_GAIN). So a request whose text turns repetitive again grows its drafts
+back, and where a verified token costs about a whole step nothing is spent on probes.
+
+Skipping MTP leaves the head's KV cache behind: the verified pairs of skipped steps are kept
+(`RequestState.pending`) and filled in one block when MTP runs again, so its drafts stay right.
+
+Greedy output does not depend on any of this (verification is lossless for any draft) and
+per-request speculate_metrics keep K as the configured maximum. Only the drafts change.
+
+The unit tests drive this module with synthetic costs and acceptance outcomes: a machine whose
+verify cost grows with T, another where it is flat. That stand-in has no real counterpart (the
+real costs come from the engine on whatever CPU it runs on); the engine tests use the real one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from refserver.mtp import MTPInput, join_mtp_inputs
+
+# A position's statistics weigh its last ~20 trials; a position not tried drifts back to the
+# prior (its weight halves in ~35 steps), so it is tried again while the prior says it may pay.
+DECAY, IDLE_DECAY = 0.95, 0.98
+PRIOR_MEAN, PRIOR_WEIGHT = 0.5, 1.0  # Beta prior of every position's acceptance
+COST_EMA = 0.2  # weight of a new timing in the engine-wide costs
+# Every PROBE_EVERY steps a request drafts one position more than its best plan, if that position
+# would gain more than PROBE_GAIN were it always accepted (where a verified token costs about a
+# whole step it cannot, and nothing is spent on probes).
+PROBE_EVERY, PROBE_GAIN = 16, 1.1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to draft for one row this step: `mtp_steps` MTP drafts (0: skip MTP), at most
+    `max_drafts` drafts in all; `mtp_input` is what the MTP drafter gets (None without MTP)."""
+
+    mtp_steps: int
+    max_drafts: int
+    mtp_input: MTPInput | None = None
+    catch_up: bool = False  # mtp_input has more pairs than one step verifies
+
+
+class CostTable:
+    """EMA of a duration by size (tokens per row of a verify forward; steps of an MTP call)."""
+
+    def __init__(self) -> None:
+        self.ema: dict[int, float] = {}
+
+    def record(self, size: int, seconds: float) -> None:
+        old = self.ema.get(size)
+        self.ema[size] = seconds if old is None else old + COST_EMA * (seconds - old)
+
+    def estimate(self, size: float) -> float | None:
+        """Measured where measured, linear between (and beyond) the two nearest measured sizes;
+        proportional to size while only one is measured; None before any."""
+        if not self.ema:
+            return None
+        if len(self.ema) == 1:
+            ((k, v),) = self.ema.items()
+            return v * size / k
+        keys = sorted(self.ema)
+        lo = max((k for k in keys if k <= size), default=keys[0])
+        hi = min((k for k in keys if k > lo and k >= size), default=None)
+        if hi is None:  # beyond the largest: extend the last segment
+            lo, hi = keys[-2], keys[-1]
+        elif lo == size:
+            return self.ema[lo]
+        slope = (self.ema[hi] - self.ema[lo]) / (hi - lo)
+        return max(self.ema[lo] + slope * (size - lo), min(self.ema.values()) * 0.5)
+
+
+@dataclass
+class Costs:
+    """Engine-wide measured costs (seconds)."""
+
+    verify: CostTable = field(default_factory=CostTable)  # by tokens per row, T = 1 + drafts
+    mtp: CostTable = field(default_factory=CostTable)  # by MTP steps
+    rest: float = 0.0  # a step's time outside the verify forward and the MTP call
+    _in_step: float = 0.0
+
+    def record_verify(self, tokens_per_row: int, seconds: float) -> None:
+        self.verify.record(tokens_per_row, seconds)
+        self._in_step += seconds
+
+    def record_mtp(self, steps: int, seconds: float, plans: Sequence[Plan]) -> None:
+        self._in_step += seconds
+        if not any(p.catch_up for p in plans):  # a catch-up fill is not what a step costs
+            self.mtp.record(steps, seconds)
+
+    def record_step(self, seconds: float, *, typical: bool) -> None:
+        """A whole engine step; `typical`: no prefill in it (a prefill is not per-step cost)."""
+        if typical:
+            rest = max(seconds - self._in_step, 0.0)
+            self.rest = rest if not self.rest else self.rest + COST_EMA * (rest - self.rest)
+        self._in_step = 0.0
+
+
+class _Rate:
+    """A decayed success count over a decayed trial count, read with the Beta prior."""
+
+    __slots__ = ("hits", "trials")
+
+    def __init__(self) -> None:
+        self.hits = self.trials = 0.0
+
+    def add(self, hit: bool) -> None:
+        self.hits = self.hits * DECAY + hit
+        self.trials = self.trials * DECAY + 1.0
+
+    def idle(self) -> None:
+        self.hits *= IDLE_DECAY
+        self.trials *= IDLE_DECAY
+
+    @property
+    def value(self) -> float:
+        return (self.hits + PRIOR_MEAN * PRIOR_WEIGHT) / (self.trials + PRIOR_WEIGHT)
+
+
+@dataclass
+class RequestState:
+    """One request's acceptance statistics, what its last draft was made of, and the MTP pairs
+    of steps that skipped MTP."""
+
+    K: int
+    mtp_steps: int
+    mtp: list[_Rate] = field(init=False)  # [j]: accepted | MTP position j+1 reached
+    ngram: list[_Rate] = field(init=False)  # [i]: accepted | n-gram position i+1 reached, allowed
+    ngram_found: list[_Rate] = field(init=False)  # [i]: n-gram position i+1 offered | allowed
+    pending: list[MTPInput] = field(default_factory=list)
+    last: tuple[int, int, int] | None = None  # (MTP drafts, n-gram allowed, n-gram offered)
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.mtp = [_Rate() for _ in range(self.mtp_steps)]
+        self.ngram = [_Rate() for _ in range(self.K)]
+        self.ngram_found = [_Rate() for _ in range(self.K)]
+
+    def drafted(self, plan: Plan, room: int, num_drafts: int) -> None:
+        """The row's draft after its cap: `num_drafts` tokens, the first min(m, num_drafts)
+        from MTP; `room`: drafts that max_tokens still lets count."""
+        m = min(plan.mtp_steps, num_drafts)
+        allowed = max(min(plan.max_drafts, room) - m, 0)
+        self.last = (m, allowed, num_drafts - m)
+
+    def observe(self, accepted: int) -> None:
+        """Acceptance of the last draft: `accepted` leading drafts were accepted."""
+        m, allowed, offered = self.last or (0, 0, 0)
+        self.last, self.steps = None, self.steps + 1
+        tried = set()
+        for j in range(m):
+            if accepted >= j:  # position j+1 was reached: every earlier draft was accepted
+                self.mtp[j].add(accepted > j)
+                tried.add(id(self.mtp[j]))
+        for i in range(allowed):
+            self.ngram_found[i].add(i < offered)
+            tried.add(id(self.ngram_found[i]))
+            if accepted >= m + i:
+                self.ngram[i].add(accepted > m + i)
+                tried.add(id(self.ngram[i]))
+        for r in (*self.mtp, *self.ngram, *self.ngram_found):
+            if id(r) not in tried:
+                r.idle()
+
+
+class AdaptivePolicy:
+    def __init__(
+        self, K: int, mtp_steps: int, uses_ngram: bool, costs: Costs | None = None
+    ) -> None:
+        self.K, self.mtp_steps, self.uses_ngram = K, mtp_steps, uses_ngram
+        self.costs = costs or Costs()
+
+    def new_request(self) -> RequestState:
+        return RequestState(self.K, self.mtp_steps)
+
+    def expected(
+        self, state: RequestState, m: int, k: int, sure_from: int | None = None
+    ) -> tuple[float, float] | None:
+        """(tokens per step, seconds per step) of drafting m MTP tokens, then n-gram tokens up
+        to k in all; None while the costs it needs were never measured. Drafts from position
+        `sure_from` on count as always found and accepted (a probe's best case)."""
+        reach, accepted, tokens_per_row = 1.0, 0.0, 1.0
+        for j in range(m):
+            reach *= 1.0 if sure_from is not None and j >= sure_from else state.mtp[j].value
+            accepted += reach
+            tokens_per_row += 1
+        for i in range(k - m):
+            sure = sure_from is not None and m + i >= sure_from
+            tokens_per_row += 1.0 if sure else state.ngram_found[i].value
+            reach *= 1.0 if sure else state.ngram[i].value
+            accepted += reach
+        verify = self.costs.verify.estimate(tokens_per_row)
+        mtp = self.costs.mtp.estimate(m) if m else 0.0
+        if verify is None or mtp is None:
+            return None
+        return 1.0 + accepted, verify + mtp + self.costs.rest
+
+    def candidates(self) -> list[tuple[int, int]]:
+        """(MTP steps, cap) pairs: no drafts; n-gram drafts only; MTP first (all s steps once
+        the cap reaches s), then n-gram drafts up to the cap."""
+        s = self.mtp_steps
+        out = [(0, 0)]
+        if self.uses_ngram:
+            out += [(0, k) for k in range(1, self.K + 1)]
+        out += [(min(s, k), k) for k in range(1, self.K + 1) if s and (self.uses_ngram or k <= s)]
+        return out
+
+    def best(self, state: RequestState) -> tuple[int, int]:
+        """(MTP steps, cap) with the most expected tokens per second (every PROBE_EVERY steps
+        one position more, see PROBE_GAIN); the configured maximum while the costs are not
+        measured yet."""
+        best, best_rate = (self.mtp_steps, self.K), -1.0
+        for m, k in self.candidates():
+            score = self.expected(state, m, k)
+            if score is None:
+                return self.mtp_steps, self.K
+            if score[0] / score[1] > best_rate:
+                best, best_rate = (m, k), score[0] / score[1]
+        if state.steps % PROBE_EVERY == PROBE_EVERY - 1:
+            cap = best[1]
+            for m, k in self.candidates():
+                score = self.expected(state, m, k, sure_from=cap) if k == cap + 1 else None
+                if score and score[0] / score[1] > PROBE_GAIN * best_rate:
+                    return m, k
+        return best
+
+    def plan(self, state: RequestState, mtp_input: MTPInput | None) -> Plan:
+        """This step's plan for one row. Without MTP steps its MTP input is kept for later."""
+        m, k = self.best(state)
+        if m == 0 or mtp_input is None:
+            if mtp_input is not None:  # a copy: a view would keep the batch's hidden alive
+                state.pending.append(replace(mtp_input, hidden=mtp_input.hidden.clone()))
+            return Plan(0, k)
+        if state.pending:
+            mtp_input = join_mtp_inputs([*state.pending, mtp_input])
+            state.pending = []
+        # More pairs than one step verifies (a prompt, or steps that skipped MTP): that fill is
+        # not what an MTP step costs.
+        return Plan(m, k, mtp_input, catch_up=len(mtp_input.next_tokens) > self.K + 1)
