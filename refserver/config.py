@@ -110,18 +110,7 @@ class SpeculativeConfig:
     def from_json(cls, text: str | None) -> SpeculativeConfig:
         if not text:
             return cls()
-        try:
-            data: Any = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--speculative-config is not valid JSON ({e}): {text!r}") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"--speculative-config must be a JSON object, got {text!r}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"--speculative-config has unknown keys {unknown}; known: {sorted(known)}"
-            )
+        data = _json_flag("--speculative-config", text, set(cls.__dataclass_fields__))
         if data.get("method") == "ngram" and "num_model_steps" not in data:
             data["num_model_steps"] = 0
         if data.get("method") in (None, "none"):
@@ -174,20 +163,7 @@ class GraphOptimizationConfig:
     def from_json(cls, text: str | None) -> GraphOptimizationConfig:
         if not text:
             return cls()
-        try:
-            data: Any = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"--graph-optimization-config is not valid JSON ({e}): {text!r}"
-            ) from e
-        if not isinstance(data, dict):
-            raise ValueError(f"--graph-optimization-config must be a JSON object, got {text!r}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"--graph-optimization-config has unknown keys {unknown}; known: {sorted(known)}"
-            )
+        data = _json_flag("--graph-optimization-config", text, set(cls.__dataclass_fields__))
         sizes = data.get("cudagraph_capture_sizes")
         if isinstance(sizes, list):
             data["cudagraph_capture_sizes"] = tuple(sizes)
@@ -240,3 +216,17 @@ class EngineConfig:
             )
         if self.ngram_impl not in ("auto", "op", "oracle"):
             raise ValueError(f"ngram_impl={self.ngram_impl!r}: expected 'auto', 'op' or 'oracle'")
+
+
+def _json_flag(flag: str, text: str, known: set[str]) -> dict[str, Any]:
+    """The JSON object of a FastDeploy-style config flag, refusing bad JSON and unknown keys."""
+    try:
+        data: Any = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} is not valid JSON ({e}): {text!r}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{flag} must be a JSON object, got {text!r}")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{flag} has unknown keys {unknown}; known: {sorted(known)}")
+    return data
