@@ -1006,7 +1006,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
     if BASELINE not in configs:
         configs = (BASELINE, *configs)  # every speedup is paired with it
     peers = () if a.no_peer or 1 not in a.concurrency else tuple(PEERS)
-    dtype, why = resolve_dtype(a.dtype, "cpu")
+    dtype, why = resolve_dtype(a.dtype, a.device)  # the servers' rule on their device
     log.info("dtype %s (%s)", dtype, why)
     s = Settings(
         configs=configs,
