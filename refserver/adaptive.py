@@ -7,8 +7,13 @@ cost. Both sides are measured, never assumed:
 
 - per request, the acceptance of each draft position, separately for the MTP drafts (position j
   of the MTP part) and the n-gram drafts (position i of the n-gram part; a position the n-gram
-  lookup found nothing for counts as not accepted, so its rate is "a useful token came"),
-  as decayed counts (`DECAY` per trial, `IDLE_DECAY` per step without one) over a Beta prior;
+  lookup found nothing for counts as not accepted, so its rate is "a useful token came"; and,
+  apart, the rate of an n-gram position that was offered), as decayed counts (`DECAY` per
+  trial, `IDLE_DECAY` per step without one) over a Beta prior;
+- per step, how many drafts the n-gram lookup offers on the verified text alone: the engine
+  runs the lookup before it plans (one op call, `found`), so a plan without MTP knows exactly
+  what it would verify. Where the text repeats, the lookup's own drafts then replace the MTP
+  step and its cost; where it finds nothing, no n-gram-only plan is scored on hope;
 - engine-wide, an EMA of the verify forward's time by tokens per row, of the MTP draft call's
   time by its steps, and of the rest of a step (acceptance, emission, the n-gram op).
 
@@ -145,6 +150,7 @@ class RequestState:
     mtp: list[_Rate] = field(init=False)  # [j]: accepted | MTP position j+1 reached
     ngram: list[_Rate] = field(init=False)  # [i]: accepted | n-gram position i+1 reached, allowed
     ngram_found: list[_Rate] = field(init=False)  # [i]: n-gram position i+1 offered | allowed
+    ngram_offered: list[_Rate] = field(init=False)  # [i]: accepted | position i+1 reached, offered
     pending: list[MTPInput] = field(default_factory=list)
     last: tuple[int, int, int] | None = None  # (MTP drafts, n-gram allowed, n-gram offered)
     steps: int = 0
@@ -153,6 +159,7 @@ class RequestState:
         self.mtp = [_Rate() for _ in range(self.mtp_steps)]
         self.ngram = [_Rate() for _ in range(self.K)]
         self.ngram_found = [_Rate() for _ in range(self.K)]
+        self.ngram_offered = [_Rate() for _ in range(self.K)]
 
     def drafted(self, plan: Plan, room: int, num_drafts: int) -> None:
         """The row's draft after its cap: `num_drafts` tokens, the first min(m, num_drafts)
@@ -176,7 +183,10 @@ class RequestState:
             if accepted >= m + i:
                 self.ngram[i].add(accepted > m + i)
                 tried.add(id(self.ngram[i]))
-        for r in (*self.mtp, *self.ngram, *self.ngram_found):
+                if i < offered:
+                    self.ngram_offered[i].add(accepted > m + i)
+                    tried.add(id(self.ngram_offered[i]))
+        for r in (*self.mtp, *self.ngram, *self.ngram_found, *self.ngram_offered):
             if id(r) not in tried:
                 r.idle()
 
@@ -192,20 +202,36 @@ class AdaptivePolicy:
         return RequestState(self.K, self.mtp_steps)
 
     def expected(
-        self, state: RequestState, m: int, k: int, sure_from: int | None = None
+        self,
+        state: RequestState,
+        m: int,
+        k: int,
+        sure_from: int | None = None,
+        found: int | None = None,
     ) -> tuple[float, float] | None:
         """(tokens per step, seconds per step) of drafting m MTP tokens, then n-gram tokens up
         to k in all; None while the costs it needs were never measured. Drafts from position
-        `sure_from` on count as always found and accepted (a probe's best case)."""
+        `sure_from` on count as always found and accepted (a probe's best case). `found`: how
+        many drafts the n-gram lookup offers this step without MTP drafts (known for m = 0,
+        where the lookup's input is the verified text alone); None: estimated from the rates."""
         reach, accepted, tokens_per_row = 1.0, 0.0, 1.0
         for j in range(m):
             reach *= 1.0 if sure_from is not None and j >= sure_from else state.mtp[j].value
             accepted += reach
             tokens_per_row += 1
+        known = found if m == 0 else None
         for i in range(k - m):
             sure = sure_from is not None and m + i >= sure_from
-            tokens_per_row += 1.0 if sure else state.ngram_found[i].value
-            reach *= 1.0 if sure else state.ngram[i].value
+            if sure:
+                tokens_per_row += 1.0
+            elif known is None:
+                tokens_per_row += state.ngram_found[i].value
+                reach *= state.ngram[i].value
+            elif i < known:
+                tokens_per_row += 1.0
+                reach *= state.ngram_offered[i].value
+            else:
+                break  # the lookup offers no more drafts
             accepted += reach
         verify = self.costs.verify.estimate(tokens_per_row)
         mtp = self.costs.mtp.estimate(m) if m else 0.0
@@ -223,13 +249,13 @@ class AdaptivePolicy:
         out += [(min(s, k), k) for k in range(1, self.K + 1) if s and (self.uses_ngram or k <= s)]
         return out
 
-    def best(self, state: RequestState) -> tuple[int, int]:
+    def best(self, state: RequestState, found: int | None = None) -> tuple[int, int]:
         """(MTP steps, cap) with the most expected tokens per second (every PROBE_EVERY steps
         one position more, see PROBE_GAIN); the configured maximum while the costs are not
-        measured yet."""
+        measured yet. `found`: see `expected`."""
         best, best_rate = (self.mtp_steps, self.K), -1.0
         for m, k in self.candidates():
-            score = self.expected(state, m, k)
+            score = self.expected(state, m, k, found=found)
             if score is None:
                 return self.mtp_steps, self.K
             if score[0] / score[1] > best_rate:
@@ -237,14 +263,19 @@ class AdaptivePolicy:
         if state.steps % PROBE_EVERY == PROBE_EVERY - 1:
             cap = best[1]
             for m, k in self.candidates():
-                score = self.expected(state, m, k, sure_from=cap) if k == cap + 1 else None
+                if k != cap + 1 or (m == 0 and found is not None and k > found):
+                    continue  # (a position the lookup does not offer cannot be probed)
+                score = self.expected(state, m, k, sure_from=cap, found=found)
                 if score and score[0] / score[1] > PROBE_GAIN * best_rate:
                     return m, k
         return best
 
-    def plan(self, state: RequestState, mtp_input: MTPInput | None) -> Plan:
-        """This step's plan for one row. Without MTP steps its MTP input is kept for later."""
-        m, k = self.best(state)
+    def plan(
+        self, state: RequestState, mtp_input: MTPInput | None, found: int | None = None
+    ) -> Plan:
+        """This step's plan for one row (`found`: see `expected`). Without MTP steps its MTP
+        input is kept for later."""
+        m, k = self.best(state, found)
         if m == 0 or mtp_input is None:
             if mtp_input is not None:  # a copy: a view would keep the batch's hidden alive
                 state.pending.append(replace(mtp_input, hidden=mtp_input.hidden.clone()))

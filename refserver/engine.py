@@ -637,9 +637,22 @@ class Engine:
         """Next drafts for every row that goes on: MTP first, then the n-gram extension."""
         if self.K == 0:
             return
-        plans = {id(s): self._plan(s, inp) for s, inp in items}
+        # Adaptive rows see what the n-gram lookup offers on the verified text before they plan.
+        found: dict[int, list[int]] = {}
+        if self.adaptive is not None and self.ngram is not None:
+            for group, drafts in self._in_groups(self._ngram_lookup, [s for s, _ in items]):
+                found.update((id(s), d) for s, d in zip(group, drafts, strict=True))
+        plans = {id(s): self._plan(s, inp, found.get(id(s))) for s, inp in items}
 
         def draft_rows(seqs: list[_Sequence]) -> list[list[int]]:
+            # A plan without MTP drafts takes the lookup's drafts: that is the op's output for
+            # this row with no MTP drafts, so nothing is computed twice.
+            own = [found.get(id(s)) if plans[id(s)].mtp_steps == 0 else None for s in seqs]
+            rest = [s for s, d in zip(seqs, own, strict=True) if d is None]
+            drafted = iter(draft_model_rows(rest) if rest else [])
+            return [next(drafted) if d is None else d for d in own]
+
+        def draft_model_rows(seqs: list[_Sequence]) -> list[list[int]]:
             row_plans = [plans[id(s)] for s in seqs]
             rows = [self._draft_row(s, p.mtp_steps) for s, p in zip(seqs, row_plans, strict=True)]
             # Adaptive rows draft what pays for each of them, which a captured graph cannot.
@@ -662,12 +675,21 @@ class Engine:
                 if s.adaptive:
                     s.adaptive.drafted(plans[id(s)], room, len(s.drafts))
 
-    def _plan(self, s: _Sequence, mtp_input: MTPInput) -> Plan:
-        """The configured drafts, or with "adaptive": true what pays for this row now."""
+    def _ngram_lookup(self, seqs: list[_Sequence]) -> list[list[int]]:
+        """Each row's op drafts with no MTP drafts, from the verified text alone (one op
+        call), for the adaptive policy."""
+        assert self.ngram is not None
+        return self.ngram.extend([self._draft_row(s, 0) for s in seqs], None)
+
+    def _plan(self, s: _Sequence, mtp_input: MTPInput, found: list[int] | None) -> Plan:
+        """The configured drafts, or with "adaptive": true what pays for this row now
+        (`found`: the n-gram lookup's drafts without MTP, None without a lookup)."""
         mtp_input_or_none = mtp_input if self.mtp is not None else None
         if s.adaptive is None:
             return Plan(self.spec.mtp_steps, self.K, mtp_input_or_none)
-        return self.adaptive.plan(s.adaptive, mtp_input_or_none)
+        return self.adaptive.plan(
+            s.adaptive, mtp_input_or_none, None if found is None else len(found)
+        )
 
     def _mtp_drafts(self, plans: list[Plan]) -> Tensor | None:
         """[len(plans), s] MTP drafts on the device, None without MTP. A row whose plan runs

@@ -203,7 +203,7 @@ class _ScriptedPolicy(AdaptivePolicy):
         self.rng = random.Random(seed)
         self.seen: set[tuple[int, int]] = set()
 
-    def best(self, state):
+    def best(self, state, found=None):
         choice = self.rng.choice(self.candidates())
         self.seen.add(choice)
         return choice
