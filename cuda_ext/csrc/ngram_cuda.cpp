@@ -79,18 +79,38 @@ void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& pr
   const at::Tensor plen = prompt_lens.contiguous(), step = step_idx.contiguous();
   const at::Tensor dec = seq_lens_decoder.contiguous(), mdl = max_dec_len.contiguous();
 
-  // Segment length: about one wave of search warps (32 per SM at 64 registers), never less
-  // than one warp tile. Derived from shapes only, so the grid never depends on tensor values.
+  // Segment length, derived from shapes only (the grid never depends on tensor values). A wave
+  // is 32 search warps per SM (64 registers). Where the rows fit in one wave (2B units at most),
+  // the shortest segments (whole warp tiles) whose units fit in ONE wave: no second, partly
+  // empty wave, and every row is split as finely as that allows. Otherwise about one wave's
+  // worth of tokens per unit.
   const int64_t wave_units = 32 * int64_t(multiprocessors(token_ids_all.device().index()));
-  const int64_t tokens = B * (s.prompt_capacity + s.generated_capacity);
-  int64_t seg = std::max<int64_t>(1, tokens / (wave_units * kWarpTile)) * kWarpTile;
-  auto segs_of = [&](int64_t width) { return (width + seg - 1) / seg; };
-  auto units_of = [&]() {
-    return B * std::max<int64_t>(1, segs_of(s.prompt_capacity) + segs_of(s.generated_capacity));
+  auto units_for = [&](int64_t seg) {
+    const int64_t segs = (s.prompt_capacity + seg - 1) / seg + (s.generated_capacity + seg - 1) / seg;
+    return B * std::max<int64_t>(1, segs);
   };
-  while (units_of() / 8 + kMaxFinalTiles >= (int64_t(1) << 31)) {
+  const int64_t widest_tiles = std::max<int64_t>(
+      1, (std::max(s.prompt_capacity, s.generated_capacity) + kWarpTile - 1) / kWarpTile);
+  int64_t seg;
+  if (units_for(widest_tiles * kWarpTile) <= wave_units) {
+    int64_t lo = 1, hi = widest_tiles;  // units_for is non-increasing in the segment length
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (units_for(mid * kWarpTile) <= wave_units) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    seg = lo * kWarpTile;
+  } else {
+    const int64_t tokens = B * (s.prompt_capacity + s.generated_capacity);
+    seg = std::max<int64_t>(1, tokens / (wave_units * kWarpTile)) * kWarpTile;
+  }
+  while (units_for(seg) / 8 + kMaxFinalTiles >= (int64_t(1) << 31)) {
     seg *= 2;  // only for absurd shapes: fewer, longer segments
   }
+  auto segs_of = [&](int64_t width) { return (width + seg - 1) / seg; };
   // Threshold pass: one tile of 256 rows per finaliser block, at most kMaxFinalTiles blocks.
   const int64_t per_thread = std::max<int64_t>(
       1, (B + int64_t(kBlockThreads) * kMaxFinalTiles - 1) / (int64_t(kBlockThreads) * kMaxFinalTiles));
@@ -124,11 +144,13 @@ void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& pr
   p.seg_tokens = seg;
   p.segs_prompt = segs_of(s.prompt_capacity);
   p.segs_gen = segs_of(s.generated_capacity);
-  p.num_units = units_of();
+  p.num_units = units_for(seg);
   p.search_blocks = (p.num_units + 7) / 8;
-  // One wave or less: every unit starts before any row can be settled, so reading the keys
-  // first would only add a round trip; such units load their first tile with the keys.
-  p.speculative = p.num_units <= wave_units;
+  // Small grids (one wave, at most kSpeculativeUnits units: 2 MiB of first tiles, under 0.5 us
+  // of DRAM time) load every unit's first tile with the keys: a round trip saved at no-match.
+  // Larger grids check the keys and the probe (the row's first prompt tile) first, so that an
+  // early match costs its row's other units no DRAM reads.
+  p.speculative = p.num_units <= std::min<int64_t>(wave_units, kSpeculativeUnits);
   p.final_tiles = final_tiles;
   p.final_rows_per_thread = per_thread;
   int64_t* base = ws.mutable_data_ptr<int64_t>();

@@ -12,6 +12,7 @@ constexpr int kItemsPerThread = 8;  // haystack tokens each lane loads per tile
 constexpr int kBlockThreads = 256;  // every block: 8 search warps, or one finaliser tile of rows
 constexpr int kWarpTile = 32 * kItemsPerThread;  // tokens one warp reads per tile (2 KiB)
 constexpr int kMaxFinalTiles = 64;  // finaliser blocks at most (more rows per thread beyond)
+constexpr int kSpeculativeUnits = 1024;  // grids up to this many units load first tiles at once
 
 struct NgramParams {
   const int64_t* token_ids_all;  // [B, s_all]
@@ -32,7 +33,8 @@ struct NgramParams {
   int64_t segs_prompt, segs_gen;
   int64_t num_units;      // batch * max(1, segs_prompt + segs_gen)
   int64_t search_blocks;  // ceil(num_units / 8): blocks [0, search_blocks) search
-  bool speculative;       // small grid: non-first units load their first tile before the keys
+  bool speculative;       // small grid: non-first units load their first tile with the keys;
+                          // otherwise they load the keys and the probe first (the kernel)
   // Threshold pass: blocks [search_blocks, search_blocks + final_tiles) each take a tile of
   // final_rows_per_thread * kBlockThreads consecutive rows (tile order = ticket order).
   int64_t final_tiles, final_rows_per_thread;

@@ -10,17 +10,20 @@
 //   1. SEARCH (blocks [0, search_blocks)). A unit is (row, segment of one haystack); one WARP
 //      runs it, 8 units per block, units segment-major (every row's first segment first).
 //      Long rows are split over many warps, so B = 1 with a 128K prompt still fills the chip.
-//      A warp reads 256 tokens (2 KiB) per tile, so an early match costs its row 2 KiB; units
-//      other than the row's first read the row's keys with its scalars and load nothing when
-//      the row is settled. Each haystack is read once for all n (below); a unit's best match is
-//      merged into a per-(row, haystack) 64-bit key with one atomicMax. Every row's first unit
-//      also counts seq_lens_decoder > 0 (one atomicAdd per block gives U0).
+//      A warp reads 256 tokens (2 KiB) per tile, so an early match costs its row 2 KiB; in
+//      grids of more than kSpeculativeUnits units, units other than the row's first read the
+//      row's keys and the probe (the row's first prompt tile, from L2) with its scalars and load
+//      nothing of their own segment when either settles the row (below). Each haystack is read
+//      once for all n (below); a unit's best match is merged into a per-(row, haystack) 64-bit
+//      key with one atomicMax. With several finaliser tiles, every row's first unit also counts
+//      seq_lens_decoder > 0 (one atomicAdd per block gives U0).
 //   2. FINALISE (the last final_tiles blocks). Tile f = 256 consecutive rows (more per thread
 //      above 16K rows). A tile waits for the search-done counter, computes its rows' uncut
 //      counts, publishes their sums, gets the sums of all earlier tiles by a decoupled
 //      look-back, applies the threshold rule (below), copies the continuation tokens, applies
-//      pad_to_max and zeroes its keys. The last tile to finish resets the counters. No second
-//      launch, no host round trip: the whole op is capturable in a CUDA graph.
+//      pad_to_max and zeroes its keys. The last tile to finish resets the counters. A single
+//      tile (B <= 256) counts U0 itself, needs no look-back and leaves without a fence or an
+//      atomic. No second launch, no host round trip: the whole op is capturable in a CUDA graph.
 //
 // Forward progress. Only finaliser blocks wait, and only for (a) the search blocks, which never
 // wait, and (b) earlier tiles, which by the ticket order have already started. The finalisers
@@ -49,6 +52,12 @@
 // tile a unit is about to read, nothing in that tile can beat it, so the unit stops. A unit
 // of the generated haystack stops when the prompt already has L == n_hi (the prompt wins ties).
 // Keys only grow, so a stale read only makes a unit do work it could have skipped.
+// The probe does the same from the data instead of the keys: if the row's first prompt tile
+// [0, kWarpTile) holds a window with L == n_hi (e <= plen - 2), every other unit of the row
+// stops, because a prompt unit's segment begins at >= seg_tokens >= kWarpTile (larger e, no
+// larger L) and the prompt wins ties over the generated haystack. The row's first unit always
+// scans that tile in full and records the window, so nothing is lost. In a one-wave grid every
+// unit starts before any key is written; the probe is what lets them stop there.
 //
 // Threshold with a prefix sum (why the parallel pass is exact)
 // ------------------------------------------------------------
@@ -199,6 +208,20 @@ __device__ __forceinline__ void store_release(long long* addr, long long v) {
   asm volatile("st.release.gpu.global.s64 [%0], %1;" ::"l"(addr), "l"(v) : "memory");
 }
 
+// Length of the common suffix of hay[..e] and the generated tail ending at pattern[0], capped at
+// n_hi; the caller has checked hay[e] == pattern[0]. Rare path: reads hit L1/L2 (the tile and
+// the tail were just loaded).
+__device__ __forceinline__ uint32_t suffix_len(const int64_t* hay, int64_t e,
+                                               const int64_t* pattern, uint32_t n_hi) {
+  uint32_t l = 1;
+  while (l < n_hi && l <= e && __ldg(hay + e - l) == __ldg(pattern - l)) ++l;
+  return l;
+}
+
+// Is the search counting U0 (seq_lens_decoder > 0)? Only for more than one finaliser tile; a
+// single tile (B <= 256) counts its own rows with one barrier.
+__device__ __forceinline__ bool search_counts_u0(const NgramParams& p) { return p.final_tiles > 1; }
+
 // ---------------------------------------------------------------------------------------------
 // Phase 1: one warp searches one segment of one haystack of one row.
 // ---------------------------------------------------------------------------------------------
@@ -217,15 +240,26 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
   const int64_t cap_end = begin + p.seg_tokens < cap - 1 ? begin + p.seg_tokens : cap - 1;
   unsigned long long* my_key = p.keys + 2 * row + (gen ? 1 : 0);
 
-  // All independent loads first: the row's scalars, the keys (or the first tile), U0's count.
+  // All independent loads first: the row's scalars, the keys, the first tile or the probe (below),
+  // U0's count.
   const RowInfo ri = row_info(p, row);
-  if (unit_ok && first && lane == 0) *active_count += p.seq_lens_decoder[row] > 0;
+  if (unit_ok && first && lane == 0 && search_counts_u0(p)) {
+    *active_count += p.seq_lens_decoder[row] > 0;
+  }
   const bool load_first = in_grid && (first || p.speculative);
+  // Probe (non-speculative grids, every unit but the row's first): the row's first prompt tile,
+  // which the row's first unit reads anyway (so it comes from L2). A full-length window there
+  // settles this unit before it loads a byte of its own segment, even when the row's first unit
+  // has not finished yet (a one-wave grid: every unit starts at once).
+  const bool probe = in_grid && !first && !p.speculative;
+  const int64_t* prompt_row = p.token_ids_all + row * p.s_all;
+  const int64_t probe_cap = p.s_all - 1 < kWarpTile ? p.s_all - 1 : kWarpTile;
   int64_t v[kItemsPerThread];
 #pragma unroll
   for (int i = 0; i < kItemsPerThread; ++i) {
-    const int64_t e = begin + i * 32 + lane;
-    v[i] = load_first && e < cap_end ? __ldg(hay + e) : 0;  // inside the row's capacity
+    const int64_t e = begin + i * 32 + lane, pe = i * 32 + lane;
+    v[i] = load_first ? (e < cap_end ? __ldg(hay + e) : 0)  // inside the row's capacity
+                      : (probe && pe < probe_cap ? __ldg(prompt_row + pe) : 0);
   }
   unsigned long long key_prompt = 0, key_own = 0;
   if (in_grid && !first) {
@@ -245,6 +279,18 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
   };
   if (!first && settled(key_prompt, key_own, begin)) return;  // warp-uniform: nothing loaded
   const int64_t last = __ldg(pattern);
+  if (probe) {
+    // A prompt window of full length ending at e* < kWarpTile <= begin beats everything in this
+    // segment (prompt units: same L, further right; generated units: the prompt wins ties).
+    const int64_t pend = ri.plen - 1 < probe_cap ? ri.plen - 1 : probe_cap;  // e <= plen - 2
+    bool full = false;
+#pragma unroll
+    for (int i = 0; i < kItemsPerThread; ++i) {
+      const int64_t e = i * 32 + lane;
+      if (e < pend && v[i] == last) full |= suffix_len(prompt_row, e, pattern, n_hi) == n_hi;
+    }
+    if (__any_sync(kFull, full)) return;  // the row's first unit records that window
+  }
   unsigned long long best = 0;  // this lane's best key
   for (int64_t t0 = begin; t0 < end; t0 += kWarpTile) {
     if (t0 != begin || !load_first) {
@@ -269,8 +315,7 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
       const int64_t e = t0 + i * 32 + lane;
       if (e < end && v[i] == last) {
         // Rare path: extend the common suffix backwards (L(e) <= e + 1, capped at n_hi).
-        uint32_t l = 1;
-        while (l < n_hi && l <= e && __ldg(hay + e - l) == __ldg(pattern - l)) ++l;
+        const uint32_t l = suffix_len(hay, e, pattern, n_hi);
         const unsigned long long key = pack_match(l, static_cast<uint32_t>(e));
         if (l >= p.min_ngram_size && key > best) best = key;
       }
@@ -336,7 +381,7 @@ __device__ __forceinline__ RowState row_state(const NgramParams& p, int64_t r, c
 
 __device__ void finalise_tile(const NgramParams& p) {
   __shared__ int64_t smem[2 * kWarps];
-  __shared__ int64_t shared_tile, shared_u0;
+  __shared__ int64_t shared_tile;
   __shared__ Range shared_prefix;  // sums over the tiles before this one
   __shared__ bool shared_last;
   const int64_t B = p.batch, thr = p.threshold;
@@ -355,14 +400,19 @@ __device__ void finalise_tile(const NgramParams& p) {
   // The row scalars of the first sub-tile do not depend on the search: load them while it runs.
   const int64_t r0 = base + tid;
   const RowInfo ri0 = row_info(p, r0 < B ? r0 : B - 1);
+  // One tile (B <= 256, one row per thread): U0 is this block's count, taken with one barrier
+  // while the search runs (the search does not count it then: search_counts_u0).
+  const bool single = !search_counts_u0(p);
+  int64_t U0 = 0;
+  if (single) U0 = __syncthreads_count(r0 < B && p.seq_lens_decoder[r0] > 0);
 
   // Wait for every search block (they never wait for anything, so they all finish).
   if (tid == 0) {
     while (load_acquire(p.search_done) < static_cast<unsigned>(p.search_blocks)) __nanosleep(32);
-    shared_u0 = static_cast<int64_t>(__ldcg(p.active));
   }
   __syncthreads();
-  const int64_t U0 = shared_u0;
+  // The search's U0 (several tiles) is read together with the keys: one L2 round trip.
+  if (!single) U0 = static_cast<int64_t>(__ldcg(p.active));
   RowState d0{0, 0, 0, false, false};
   if (r0 < B) d0 = row_state(p, r0, ri0);
 
@@ -371,6 +421,8 @@ __device__ void finalise_tile(const NgramParams& p) {
   };
 
   Range prefix{0, 0};       // sums over all rows before this tile
+  Range pre0{0, 0}, sub0{0, 0};  // Pass A's scan of the first sub-tile, reused by Pass B
+  const bool have0 = p.final_tiles > 1;
   if (p.final_tiles > 1) {  // uniform
     // Pass A: this tile's sums, published for the tiles after it.
     Range mine{0, 0};
@@ -381,6 +433,10 @@ __device__ void finalise_tile(const NgramParams& p) {
       if (r < B) d = state_of(k, r);
       int64_t pre_c, pre_e, sub_c, sub_e;
       block_exclusive_scan2(int64_t(d.ori) + d.um, d.eligible, pre_c, pre_e, sub_c, sub_e, smem);
+      if (k == 0) {
+        pre0 = Range{pre_c, pre_e};
+        sub0 = Range{sub_c, sub_e};
+      }
       mine.s += sub_c;
       mine.e += sub_e;
     }
@@ -435,8 +491,10 @@ __device__ void finalise_tile(const NgramParams& p) {
     const int64_t r = base + k * BLOCK + tid;
     RowState d{0, 0, 0, false, false};
     if (r < B) d = state_of(k, r);
-    int64_t pre_c, pre_e, sub_c, sub_e;
-    block_exclusive_scan2(int64_t(d.ori) + d.um, d.eligible, pre_c, pre_e, sub_c, sub_e, smem);
+    int64_t pre_c = pre0.s, pre_e = pre0.e, sub_c = sub0.s, sub_e = sub0.e;
+    if (k != 0 || !have0) {  // uniform
+      block_exclusive_scan2(int64_t(d.ori) + d.um, d.eligible, pre_c, pre_e, sub_c, sub_e, smem);
+    }
     const int64_t total = carry_c + pre_c + d.ori;
     const int64_t unproc = U0 - (carry_e + pre_e + d.eligible);
     if (r < B) {
@@ -468,6 +526,12 @@ __device__ void finalise_tile(const NgramParams& p) {
     carry_e += sub_e;
   }
 
+  // One tile: it is the only finaliser and used no ticket, record or U0 counter; the kernel's end
+  // orders this reset before the next call. No fence and no atomic on the way out.
+  if (single) {
+    if (tid == 0) *p.search_done = 0u;  // only thread 0 read it
+    return;
+  }
   // The last finaliser resets the counters and the look-back records (every other finaliser
   // has finished reading them).
   __syncthreads();

@@ -105,3 +105,97 @@ def pre_ids_overlapping_draft_tokens(batch: Batch, overlap: int) -> Batch:
     draft.copy_(batch.draft_tokens)
     batch.draft_tokens, batch.pre_ids = draft, pre
     return batch
+
+
+PROBE_CASES = 6  # row % PROBE_CASES picks the case in probe_edge_batch
+
+
+def probe_edge_batch(gen: torch.Generator, batch: int, s_all: int, s_pre: int) -> Batch:
+    """Windows planted at the edges of the CUDA search's first-tile probe (ngram_cuda_kernel.cu:
+    "Early exit"), random tokens elsewhere (never 1, 2 or 3, the ngram's tokens). K = 5, ori = 1,
+    so a found window gives 5 tokens (fewer if the haystack ends). By ``row % 6``:
+
+    0. prompt of < 256 tokens with the full ngram ending at its LAST token (not a window: none
+       follows) and a 2-gram at 40; the full ngram in the generated tokens at 100 must win.
+    1. the full ngram in the first tile at 20, again later in the prompt and in the generated
+       tokens: the prompt's first one wins.
+    2. a 2-gram in the first tile, the full ngram in the prompt's last 500 tokens: that one wins.
+    3. prompts of 2..4 tokens with the ngram at 0..2 (a window only when the prompt has 4), the
+       full ngram in the generated tokens at 100.
+    4. step_idx = 1 (n capped at 1): the last token at 10 in the prompt.
+    5. nothing in the prompt, the full ngram in the generated tokens at 150.
+    """
+    assert s_all >= 600 and s_pre >= 300, "the planted positions need these widths"
+
+    def ints(low: int, high: int, *shape: int) -> torch.Tensor:
+        return torch.randint(low, high, shape, generator=gen, dtype=torch.int64)
+
+    tok = ints(10, 10_000, batch, s_all)
+    pre = ints(10, 10_000, batch, s_pre)
+    step = torch.full((batch,), s_pre - 5, dtype=torch.int64)
+    plen = ints(300, s_all + 1, batch)
+    ngram = torch.tensor([1, 2, 3])
+    for b in range(batch):
+        case, s = b % PROBE_CASES, int(step[b])
+        pre[b, s - 2 : s + 1] = ngram
+        if case == 0:
+            plen[b] = 100 + b % 50
+            tok[b, plen[b] - 3 : plen[b]] = ngram
+            tok[b, 39:41] = ngram[1:]
+            pre[b, 98:101] = ngram
+        elif case == 1:
+            tok[b, 18:21] = ngram
+            tok[b, plen[b] - 103 : plen[b] - 100] = ngram
+            pre[b, 48:51] = ngram
+        elif case == 2:
+            plen[b] = s_all
+            tok[b, 29:31] = ngram[1:]
+            tok[b, s_all - 502 : s_all - 499] = ngram
+        elif case == 3:
+            plen[b] = 2 + (b // PROBE_CASES) % 3
+            tok[b, 0:3] = ngram
+            pre[b, 98:101] = ngram
+        elif case == 4:
+            step[b] = 1
+            pre[b, 1] = 3
+            tok[b, 10] = 3
+        else:
+            pre[b, 148:151] = ngram
+    lens = torch.ones(batch, dtype=torch.int32)
+    return Batch(
+        token_ids_all=tok,
+        prompt_lens=plen,
+        pre_ids=pre,
+        step_idx=step,
+        draft_token_num=lens.clone(),
+        draft_tokens=ints(10, 10_000, batch, 7),
+        seq_lens_this_time=lens,
+        seq_lens_decoder=torch.ones(batch, dtype=torch.int32),
+        max_dec_len=torch.full((batch,), 1 << 40, dtype=torch.int64),
+        max_ngram_size=3,
+        min_ngram_size=1,
+        max_draft_tokens=5,
+        threshold=1 << 40,
+    )
+
+
+def probe_edge_expected(batch: Batch) -> list[list[int]]:
+    """The tokens each row of ``probe_edge_batch`` must get, by its case (read off the inputs)."""
+    want = []
+    for b in range(batch.batch_size):
+        case, plen = b % PROBE_CASES, int(batch.prompt_lens[b])
+        tok, pre = batch.token_ids_all[b].tolist(), batch.pre_ids[b].tolist()
+        if case == 0 or (case == 3 and plen < 4):
+            want.append(pre[101:106])
+        elif case == 1:
+            want.append(tok[21:26])
+        elif case == 2:
+            e = plen - 500
+            want.append(tok[e + 1 : e + 6])
+        elif case == 3:
+            want.append(tok[3:4])
+        elif case == 4:
+            want.append(tok[11:16])
+        else:
+            want.append(pre[151:156])
+    return want

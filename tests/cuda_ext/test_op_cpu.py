@@ -13,7 +13,13 @@ import cuda_ext
 import refimpl
 from refimpl.generate import generate
 
-from .helpers import assert_same, outputs_of, pre_ids_overlapping_draft_tokens
+from .helpers import (
+    assert_same,
+    outputs_of,
+    pre_ids_overlapping_draft_tokens,
+    probe_edge_batch,
+    probe_edge_expected,
+)
 
 SEED = 20261127
 
@@ -227,3 +233,16 @@ def test_cpp_checks_refuse_outputs_that_share_memory(cpu_op):
     op(*opcheck_args(adjacent))  # one buffer, no shared byte: accepted
     assert_same(outputs_of(refimpl.hybrid_mtp_ngram, fd_unit_case()),
                 (adjacent.draft_tokens, adjacent.seq_lens_this_time), "adjacent")  # fmt: skip
+
+
+def test_probe_edge_batch_plants_what_it_says(cpu_op):
+    """The CUDA probe test's batch (helpers.probe_edge_batch): every row gets the tokens its case
+    says, from the oracle and from the CPU op, so that test checks what it claims to."""
+    seed = 20261201
+    batch = probe_edge_batch(torch.Generator().manual_seed(seed), 24, 700, 300)
+    want = outputs_of(refimpl.hybrid_mtp_ngram, batch)
+    assert_same(want, outputs_of(cpu_op, batch), f"seed={seed}")
+    draft, lens = want
+    for b, tokens in enumerate(probe_edge_expected(batch)):
+        assert int(lens[b]) == 1 + len(tokens), f"seed={seed} row {b}"
+        assert draft[b, 1 : 1 + len(tokens)].tolist() == tokens, f"seed={seed} row {b}"

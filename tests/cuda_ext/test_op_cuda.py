@@ -18,6 +18,7 @@ from .helpers import (
     fixed_shape_batch,
     outputs_of,
     pre_ids_overlapping_draft_tokens,
+    probe_edge_batch,
     wild_batch,
 )
 
@@ -55,6 +56,16 @@ def test_fixed_shapes_match_the_cpu_op(cuda_op, cpu_op, batch, s_all, s_pre):
                               pad_to_max=bool(i % 2))  # fmt: skip
         assert_same(outputs_of(cpu_op, b), outputs_of(cuda_op, b, "cuda"),
                     f"seed={SEED + batch} draw={i} B={batch}")  # fmt: skip
+
+
+@pytest.mark.parametrize(("batch", "s_all", "s_pre"), [(64, 33000, 300), (4500, 600, 300)])
+def test_first_tile_probe_edges_match_the_cpu_op(cuda_op, cpu_op, batch, s_all, s_pre):
+    """Windows at the edges of the first-tile probe (helpers.probe_edge_batch): B = 64 x 33K is
+    one wave of 4224 probing units, B = 4500 more than a wave."""
+    for i in range(2):
+        seed = SEED + 15 + i
+        b = probe_edge_batch(torch.Generator().manual_seed(seed), batch, s_all, s_pre)
+        assert_same(outputs_of(cpu_op, b), outputs_of(cuda_op, b, "cuda"), f"seed={seed} B={batch}")
 
 
 def _copy_into(static: refimpl.Batch, new: refimpl.Batch) -> None:
