@@ -340,15 +340,26 @@ def test_overlap_schedule_changes_no_output(model_and_tokenizer, chat_prompts, g
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("draft_graph", [False, True], ids=["verify", "verify+draft"])
-def test_cuda_graphs_change_no_text(model_and_tokenizer, chat_prompts, greedy_none, draft_graph):
-    """Greedy texts with the verify (and draft) phases replayed as CUDA graphs equal eager
-    decoding on the same GPU, float32, with more requests than slots and the overlap schedule."""
+@pytest.mark.parametrize(
+    ("draft_graph", "opt_level"),
+    [(False, 0), (True, 0), (True, 2)],
+    ids=["verify", "verify+draft", "verify+draft+compile"],
+)
+def test_cuda_graphs_change_no_text(
+    model_and_tokenizer, chat_prompts, greedy_none, draft_graph, opt_level
+):
+    """Greedy texts with the verify (and draft) phases replayed as CUDA graphs (torch.compile'd
+    first at graph_opt_level 2) equal eager decoding on the same GPU, float32, with more
+    requests than slots, the overlap schedule, and a request whose positions cross the first
+    cache window (256) mid-generation, so its steps switch graphs."""
     from refserver.config import GraphOptimizationConfig
+    from refserver.cuda_graphs import KV_BUCKET_MIN
     from refserver.model import load_model
 
     model, tok = load_model(device="cuda")
     requests = _mixed_requests(chat_prompts, greedy_none)
+    long_prompt = (chat_prompts[1] * 8)[: KV_BUCKET_MIN - 12]
+    requests.append((long_prompt, SamplingParams(max_tokens=24, min_tokens=20, temperature=0)))
     texts = {}
     for graphs in (False, True):
         config = EngineConfig(
@@ -357,7 +368,9 @@ def test_cuda_graphs_change_no_text(model_and_tokenizer, chat_prompts, greedy_no
             max_num_seqs=2,
             enable_overlap_schedule=True,
             graph_optimization=GraphOptimizationConfig(
-                use_cudagraph=graphs, draft_model_use_cudagraph=graphs and draft_graph
+                use_cudagraph=graphs,
+                draft_model_use_cudagraph=graphs and draft_graph,
+                graph_opt_level=opt_level if graphs else 0,
             ),
         )
         results = _run_each(Engine(config, model, tok), requests)
