@@ -541,7 +541,16 @@ def _compiled_block_body() -> Callable[..., Tensor]:
     """`Block.body` compiled by torch.compile (inductor), once for every block: regional
     compilation. Module parameters are graph inputs, so the 30 target layers and the MTP head's
     block share one compiled graph per input shape (one compile per batch bucket, not per
-    layer: seconds, where the whole 30-layer forward took minutes)."""
+    layer: seconds, where the whole 30-layer forward took minutes).
+
+    One compiled graph per static shape (batch bucket x tokens per row x cache window: up to
+    4 x 2 x 5 at the defaults), more than dynamo's default limit of 8; past the raised limit a
+    new shape fails loudly instead of running unfused."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 128))
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        config.fail_on_recompile_limit_hit = True
     return torch.compile(Block.body, dynamic=False)
 
 
