@@ -47,9 +47,9 @@ MAX_LEN = 2048 + 5 + 2  # the engine's cache length at --max-model-len 2048, K=5
 
 def build(gguf: str | None, max_slots: int, device: torch.device, with_op: bool):
     """(model, cache, drafter, ngram extender or None), as the engine builds them."""
+    from refserver.config import DEFAULT_MTP_DRAFT_VOCAB
     from refserver.model import ModelConfig, Transformer, load_model
-    from refserver.mtp import MTPDrafter
-    from refserver.mtp_head import MTPHead
+    from refserver.mtp import load_mtp_drafter
 
     if gguf:
         model, _ = load_model(gguf, torch.float32, device)
@@ -60,10 +60,8 @@ def build(gguf: str | None, max_slots: int, device: torch.device, with_op: bool)
         model.eval().requires_grad_(False)
         model.freeze_()
     cache = model.new_cache(max_slots, MAX_LEN)
-    path = REPO / "refserver" / "assets" / "mtp_head.safetensors"
-    head = MTPHead.load(path, model) if path.is_file() else MTPHead.from_target(model)
-    head.eval().requires_grad_(False)
-    drafter = MTPDrafter(head, max_slots, MAX_LEN)
+    # The engine's drafter: the committed head, drafts over the default draft vocabulary.
+    drafter = load_mtp_drafter(None, model, max_slots, MAX_LEN, DEFAULT_MTP_DRAFT_VOCAB)
     ngram = None
     if with_op:
         from refserver.drafting import NgramExtender, resolve_impl
