@@ -127,12 +127,17 @@ class GraphOptimizationConfig:
     n-gram op after them (run with `pad_to_max=True`, SPEC §1.4); use_unique_memory_pool: every
     captured graph gets its own memory pool instead of one pool shared by all of them.
     cudagraph_capture_sizes: the batch-size buckets (default 1, 2, 4, 8, ... up to max_num_seqs).
+    graph_opt_level: 0 (default) captures the phases' kernels as they are; 2 (FastDeploy's
+    "static graph + compiler" level) first compiles each phase with torch.compile (inductor,
+    fused Triton kernels) and captures the compiled code. 1 (a static graph without a
+    compiler) has no separate meaning here and is refused.
     """
 
     use_cudagraph: bool = False
     draft_model_use_cudagraph: bool = False
     use_unique_memory_pool: bool = False
     cudagraph_capture_sizes: tuple[int, ...] | None = None
+    graph_opt_level: int = 0
 
     def __post_init__(self) -> None:
         for name in ("use_cudagraph", "draft_model_use_cudagraph", "use_unique_memory_pool"):
@@ -149,6 +154,15 @@ class GraphOptimizationConfig:
             raise ValueError(
                 f"--graph-optimization-config cudagraph_capture_sizes={list(sizes)!r}: "
                 "expected a non-empty list of integers >= 1"
+            )
+        if self.graph_opt_level not in (0, 2) or isinstance(self.graph_opt_level, bool):
+            raise ValueError(
+                f"--graph-optimization-config graph_opt_level={self.graph_opt_level!r}: expected "
+                "0 (captured as is) or 2 (torch.compile before capture)"
+            )
+        if self.graph_opt_level and not self.use_cudagraph:
+            raise ValueError(
+                "--graph-optimization-config graph_opt_level=2 needs use_cudagraph=true"
             )
         if self.draft_model_use_cudagraph and not self.use_cudagraph:
             raise ValueError(

@@ -37,7 +37,6 @@ A batched forward or draft that raises is retried row by row, so the rows that w
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import random
@@ -53,7 +52,7 @@ from torch import Tensor
 
 from refserver.adaptive import AdaptivePolicy, Plan, RequestState
 from refserver.config import DEFAULT_MTP_DRAFT_VOCAB, EngineConfig
-from refserver.cuda_graphs import GraphedPhase, capture_sizes
+from refserver.cuda_graphs import GraphedPhase, bucket_for, capture_sizes, kv_buckets
 from refserver.drafting import DraftRow, NgramExtender, read_drafts, resolve_impl
 from refserver.metrics import PrometheusCounters, RequestMetrics
 from refserver.model import Transformer, load_model
@@ -182,14 +181,19 @@ class Engine:
         self.overlap = config.enable_overlap_schedule
         self._pending: list[_PendingOutput] = []
         self._buckets = capture_sizes(config.max_num_seqs, graphs.cudagraph_capture_sizes)
+        self._kv_buckets = kv_buckets(self.cache.max_len)  # cache windows a graph reads
         self._verify_graph: GraphedPhase | None = None
         self._draft_graph: GraphedPhase | None = None
         if graphs.use_cudagraph:
             pool = torch.cuda.graph_pool_handle() if graphs.use_unique_memory_pool else None
-            verify = functools.partial(self._verify_batch, static_kv_len=self.cache.max_len)
-            self._verify_graph = GraphedPhase("verify", verify, self.device, pool)
+            compile_ = graphs.graph_opt_level == 2
+            self._verify_graph = GraphedPhase(
+                "verify", self._verify_batch, self.device, pool, compile_
+            )
             if graphs.draft_model_use_cudagraph and self.mtp is not None:
-                self._draft_graph = GraphedPhase("draft", self._draft_batch, self.device, pool)
+                self._draft_graph = GraphedPhase(
+                    "draft", self._draft_batch, self.device, pool, compile_
+                )
         self.adaptive = (
             AdaptivePolicy(self.K, self.spec.mtp_steps, self.spec.uses_ngram)
             if self.spec.adaptive
@@ -426,7 +430,9 @@ class Engine:
         inputs = torch.tensor(tokens + positions + batch_slots).to(self.device)  # one copy
         args = inputs[: B * T].view(B, T), inputs[B * T : 2 * B * T].view(B, T), inputs[2 * B * T :]
         if graphed:
-            hidden, logits, argmax = self._verify_graph(*args)
+            # The smallest captured cache window holding every position this step reads.
+            window = bucket_for(self._kv_buckets, max(s.kv_len for s in rows) + T)
+            hidden, logits, argmax = self._verify_graph(*args, static_kv_len=window)
         else:
             hidden, logits, argmax = self._verify_batch(*args)
         order = [batch_slots.index(s.slot) for s in rows]
@@ -726,7 +732,11 @@ class Engine:
         """MTP drafts and the n-gram op for slots 0..bucket-1, replayed as one CUDA graph."""
         assert self.mtp is not None and self._draft_graph is not None
         width = 1 + self.K  # pairs per row: accepted drafts + the bonus token
-        mtp_batch = self.mtp.batch(self.mtp.fill_long(inputs, width), batch_slots, width)
+        inputs = self.mtp.fill_long(inputs, width)
+        mtp_batch = self.mtp.batch(inputs, batch_slots, width)
+        # Positions read: the rows' pairs, then s - 1 chained steps after the last one.
+        reach = max(x.start + len(x.next_tokens) for x in inputs) + self.spec.mtp_steps
+        window = bucket_for(self._kv_buckets, reach)
         row_state: tuple[Tensor, ...] = ()
         if self.ngram is not None:
             by_slot = {r.slot: r for r in rows}
@@ -734,7 +744,7 @@ class Engine:
             active = [slot in by_slot for slot in batch_slots]
             row_state = self.ngram.row_state(padded, self.spec.mtp_steps, active)
             self.ngram.write_pending()
-        drafts, lengths = self._draft_graph(*mtp_batch, *row_state)
+        drafts, lengths = self._draft_graph(*mtp_batch, *row_state, static_kv_len=window)
         table = read_drafts(drafts, lengths)
         return [table[batch_slots.index(r.slot)] for r in rows]
 
@@ -746,12 +756,14 @@ class Engine:
         last: Tensor,
         slots: Tensor,
         *row_state: Tensor,
+        static_kv_len: int,
     ) -> tuple[Tensor, Tensor]:
-        """The draft graph's phase, device work only: MTP drafts, then the op (pad_to_max)."""
+        """The draft graph's phase, device work only: MTP drafts, then the op (pad_to_max).
+        `static_kv_len`: the MTP cache window read (holds every position of the step)."""
         assert self.mtp is not None
         steps = self.spec.mtp_steps
         mtp_drafts = self.mtp.draft_batch(
-            hidden, tokens, positions, last, slots, steps, static_kv_len=self.cache.max_len
+            hidden, tokens, positions, last, slots, steps, static_kv_len=static_kv_len
         )
         if self.ngram is None:
             first = tokens[torch.arange(len(slots), device=slots.device), last]  # bonus tokens
@@ -765,7 +777,8 @@ def _graphs_label(
     if verify is None:
         return "off"
     phases = "verify" + (" + draft" if draft is not None else "")
-    return f"{phases}, buckets {buckets}"
+    compiled = ", torch.compile'd (graph_opt_level 2)" if verify.compiled else ""
+    return f"{phases}, buckets {buckets}{compiled}"
 
 
 def _draft_vocab(config: EngineConfig) -> int:

@@ -13,9 +13,11 @@ Two facts about the GGUF that the code relies on:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -508,8 +510,20 @@ class Block(nn.Module):
         """x [B, T, d]; positions [B, T] long; slots [B] long; `batch` = BatchInfo.of(...).
 
         Writes this block's K/V for each token at (slots[b], positions[b, t]) of `layer_cache`
-        and attends, per row, to cache positions <= the token's own position.
+        and attends, per row, to cache positions <= the token's own position. Inside
+        `fused_blocks()` the same body runs torch.compile'd.
         """
+        body = _compiled_block_body() if _FUSED.get() else Block.body
+        return body(self, x, positions, layer_cache, slots, batch)
+
+    def body(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        layer_cache: tuple[Tensor, Tensor],
+        slots: Tensor,
+        batch: BatchInfo,
+    ) -> Tensor:
         h = x + self.attention(self.attention_norm(x), positions, layer_cache, slots, batch)
         return self.mlp_residual(h)
 
@@ -517,6 +531,38 @@ class Block(nn.Module):
         """The block's second half, h + ffn(norm(h)), for callers that run `attention`'s halves
         themselves."""
         return h + self.feed_forward(self.ffn_norm(h))
+
+
+_FUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_blocks", default=False)
+
+
+@functools.cache
+def _compiled_block_body() -> Callable[..., Tensor]:
+    """`Block.body` compiled by torch.compile (inductor), once for every block: regional
+    compilation. Module parameters are graph inputs, so the 30 target layers and the MTP head's
+    block share one compiled graph per input shape (one compile per batch bucket, not per
+    layer: seconds, where the whole 30-layer forward took minutes).
+
+    One compiled graph per static shape (batch bucket x tokens per row x cache window: up to
+    4 x 2 x 5 at the defaults), more than dynamo's default limit of 8; past the raised limit a
+    new shape fails loudly instead of running unfused."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 128))
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        config.fail_on_recompile_limit_hit = True
+    return torch.compile(Block.body, dynamic=False)
+
+
+@contextlib.contextmanager
+def fused_blocks() -> Iterator[None]:
+    """Every `Block` called inside runs its compiled body (fused Triton kernels around the
+    matmuls). For static-shape callers only (CUDA-graph phases): each new shape compiles anew."""
+    token = _FUSED.set(True)
+    try:
+        yield
+    finally:
+        _FUSED.reset(token)
 
 
 def freeze_linears_(module: nn.Module) -> None:

@@ -8,9 +8,16 @@
 #   graphs     the CUDA-graph tests (graph texts == eager; verify and verify+draft graphs)
 #   scenarios  the seed's GPU e2e mode (hybrid + overlap + cudagraph + logprob: baseline measured,
 #              then checked) and the lossless scenario CUDA graphs on vs off
-#   bench      benchmarks/bench_serving.py, float32, 64 tokens: none c=1, hybrid c=1 and c=8,
-#              eager (before) and with overlap + CUDA graphs (after)
-#   profile    the host share per decode step, eager vs overlap + CUDA graphs
+#   bench      benchmarks/bench_serving.py, float32, 64 tokens: none c=1, hybrid c=1 and c=8, per
+#              mode of BENCH_MODES (default "eager graphs compile"): eager, overlap + CUDA graphs,
+#              and overlap + CUDA graphs with graph_opt_level 2 (torch.compile'd blocks)
+#   profile    the host share per decode step for each mode of PROFILE_MODES (default "graphs
+#              compile"; "eager" runs past its stage timeout under the profiler)
+#   stepprofile  benchmarks/gpu_step_profile.py on the GGUF: GPU time and kernels per graphed
+#              phase (verify T=1, T=6, draft) at the 256-position cache window
+# Moving the GGUF there (98 MB, over one call's 64 MiB): once, a 53 MB part in one call failed
+# with "files could not be copied" after ~6 min of device time; three parts of <= 45 MB, each in
+# its own call within the 30 s the machine stays warm, went through (docs/notes_i13.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -56,10 +63,11 @@ for dtype in ${SERVER_DTYPES:-float32}; do
   echo "rc=$?" >> "$OUT/server_$dtype.log"; tail -3 "$OUT/server_$dtype.log" | tee -a "$OUT/summary.txt"
 done
 GRAPHS='{"use_cudagraph":true,"use_unique_memory_pool":true,"draft_model_use_cudagraph":true}'
+COMPILED='{"use_cudagraph":true,"use_unique_memory_pool":true,"draft_model_use_cudagraph":true,"graph_opt_level":2}'
 SPECGATE=(python3 -c "import sys; from specgate.cli import main; sys.exit(main())")  # not installed
 if has graphs; then
   log "CUDA-graph tests (texts with graphs == eager, overlap on, more requests than slots)"
-  timeout 150 python3 -m pytest -q -p no:cacheprovider -p specgate.pytest_plugin \
+  timeout 200 python3 -m pytest -q -p no:cacheprovider -p specgate.pytest_plugin \
     tests/refserver/test_engine.py -k "cuda_graphs or overlap" -rs > "$OUT/graphs.log" 2>&1
   echo "rc=$?" >> "$OUT/graphs.log"; tail -4 "$OUT/graphs.log" | tee -a "$OUT/summary.txt"
 fi
@@ -76,10 +84,12 @@ if has scenarios; then
   grep -E "^\[|passed|failed|skipped|rc=|wrote|NOT" "$OUT/scenarios.log" | tail -12 | tee -a "$OUT/summary.txt"
 fi
 if has bench; then
-  for mode in eager graphs; do
-    args=""; [[ $mode == graphs ]] && args="--enable-overlap-schedule --graph-optimization-config '$GRAPHS'"
+  for mode in ${BENCH_MODES:-eager graphs compile}; do
+    args=""
+    [[ $mode == graphs ]] && args="--enable-overlap-schedule --graph-optimization-config '$GRAPHS'"
+    [[ $mode == compile ]] && args="--enable-overlap-schedule --graph-optimization-config '$COMPILED'"
     log "bench_serving $mode: float32, none + hybrid K=5 s=3, c=1 and 8, 64 tokens, HTTP"
-    timeout 150 python3 -m benchmarks.bench_serving --device cuda --dtype float32 --no-peer --no-vllm \
+    timeout 240 python3 -m benchmarks.bench_serving --device cuda --dtype float32 --no-peer --no-vllm \
       --configs none "hybrid K=5 s=3" --concurrency 1 8 --max-tokens 64 --rounds 3 \
       --prompts-per-kind 4 --threads 1 --server-args "$args" --out "$OUT/bench_$mode.md" \
       > /tmp/bench_$mode.log 2>&1
@@ -88,12 +98,14 @@ if has bench; then
   done
 fi
 if has profile; then
-  log "host share per decode step (torch.profiler), float32, 4 held-out prompts x 64 tokens"
+  log "host share per decode step (torch.profiler), float32, ${PROFILE_PROMPTS:-2} held-out prompts x 64 tokens"
   for c in ${PROFILE_CONCURRENCY:-1}; do
-    for mode in eager graphs; do
-      args=""; [[ $mode == graphs ]] && args="--overlap --graphs $GRAPHS"
+    for mode in ${PROFILE_MODES:-graphs compile}; do
+      args=""
+      [[ $mode == graphs ]] && args="--overlap --graphs $GRAPHS"
+      [[ $mode == compile ]] && args="--overlap --graphs $COMPILED"
       timeout 90 python3 -m benchmarks.engine_profile --device cuda --dtype float32 \
-        --spec none --spec hybrid53 --max-tokens 64 --prompts 4 --kind all --concurrency $c \
+        --spec none --spec hybrid53 --max-tokens 64 --prompts ${PROFILE_PROMPTS:-2} --kind all --concurrency $c \
         --rounds 1 $args > "/tmp/profile_${c}_$mode.log" 2>&1
       grep -E "^\||host share|Error|error" "/tmp/profile_${c}_$mode.log" >> "$OUT/profile.log"
       if [[ $c == 1 ]]; then sed -n '/where the host/,$p' "/tmp/profile_${c}_$mode.log" >> "$OUT/profile_ops.log"; fi
@@ -101,4 +113,10 @@ if has profile; then
   done
   cat "$OUT/profile.log" | tee -a "$OUT/summary.txt"
 fi
-grep -h "engine:" /tmp/pytest-of-*/pytest-*/*/refserver-*.log 2>/dev/null | sort | uniq -c | tee -a "$OUT/summary.txt"
+if has stepprofile; then
+  log "GPU time per graphed phase, kernel by kernel (gpu_step_profile, GGUF weights, window 256)"
+  timeout 150 python3 -m benchmarks.gpu_step_profile --gguf "$GGUF" --variants graph compile \
+    --windows 256 --out "$OUT" > /tmp/step_profile.log 2>&1
+  echo "rc=$?" | tee -a "$OUT/summary.txt"; grep "^| " "$OUT/step_profile.md" | head -14 >> "$OUT/summary.txt"
+fi
+{ grep -h "engine:" /tmp/pytest-of-*/pytest-*/*/refserver-*.log 2>/dev/null || true; } | sort | uniq -c | tee -a "$OUT/summary.txt"

@@ -57,6 +57,9 @@ def test_graph_optimization_config_takes_fastdeploys_keys():
         '{"use_cudagraph":true,"cudagraph_capture_sizes":[1,4]}'
     )
     assert sizes.cudagraph_capture_sizes == (1, 4)
+    assert GraphOptimizationConfig.from_json('{"use_cudagraph":true}').graph_opt_level == 0
+    compiled = GraphOptimizationConfig.from_json('{"use_cudagraph":true,"graph_opt_level":2}')
+    assert compiled.graph_opt_level == 2
 
 
 @pytest.mark.parametrize(
@@ -69,6 +72,9 @@ def test_graph_optimization_config_takes_fastdeploys_keys():
         ('{"draft_model_use_cudagraph":true}', "needs use_cudagraph=true"),
         ('{"use_cudagraph":true,"cudagraph_capture_sizes":[0]}', "cudagraph_capture_sizes"),
         ('{"use_cudagraph":true,"cudagraph_capture_sizes":4}', "expected a list"),
+        ('{"use_cudagraph":true,"graph_opt_level":1}', "graph_opt_level=1: expected 0"),
+        ('{"use_cudagraph":true,"graph_opt_level":true}', "graph_opt_level=True"),
+        ('{"graph_opt_level":2}', "graph_opt_level=2 needs use_cudagraph=true"),
     ],
 )
 def test_bad_graph_optimization_config_names_the_key(text, match):
@@ -93,3 +99,21 @@ def test_cuda_graph_buckets():
     assert capture_sizes(8, None) == [1, 2, 4, 8]
     assert capture_sizes(6, None) == [1, 2, 4, 6]
     assert capture_sizes(8, (1, 3, 16)) == [1, 3, 8]
+
+
+def test_cache_windows():
+    from refserver.cuda_graphs import bucket_for, kv_buckets
+
+    assert kv_buckets(2055) == [256, 512, 1024, 2048, 2055]
+    assert kv_buckets(256) == [256]
+    assert kv_buckets(100) == [100]
+    windows = kv_buckets(2055)
+    assert [bucket_for(windows, n) for n in (1, 256, 257, 2049, 2055)] == [
+        256,
+        256,
+        512,
+        2055,
+        2055,
+    ]
+    with pytest.raises(ValueError, match="2056 exceeds the largest bucket 2055"):
+        bucket_for(windows, 2056)

@@ -3,6 +3,7 @@ stop strings, min_tokens, seeded sampling, continuous batching, cancellation, op
 
 from __future__ import annotations
 
+import collections
 import itertools
 from dataclasses import dataclass
 
@@ -339,16 +340,67 @@ def test_overlap_schedule_changes_no_output(model_and_tokenizer, chat_prompts, g
         assert a == pytest.approx(b, abs=1e-4)
 
 
+class _DirectPhase:
+    """Stands in for `cuda_graphs.GraphedPhase` on CPU, where nothing can be captured (a fake:
+    CUDA graphs have no CPU counterpart). It calls the phase function directly with the same
+    static facts, so the engine's graph path (slot-prefix batches, K+1 tokens per row,
+    pad_to_max, cache windows) runs on CPU; it records (batch, window) per call."""
+
+    compiled = False
+
+    def __init__(self, fn) -> None:
+        self.fn, self.calls = fn, collections.Counter()
+
+    def __call__(self, *inputs, **static):
+        self.calls[(inputs[0].shape[0], static["static_kv_len"])] += 1
+        return self.fn(*inputs, **static)
+
+
+def test_graph_path_cache_windows_change_no_text(model_and_tokenizer, chat_prompts):
+    """The engine's graph path with its phases called directly (CPU): the cache window each step
+    reads (256, 512, ...) holds every position it needs, so the texts equal the eager path's,
+    for a request whose positions cross the first window mid-generation."""
+    from refserver.cuda_graphs import KV_BUCKET_MIN
+
+    long_prompt = (chat_prompts[1] * 8)[: KV_BUCKET_MIN - 12]
+    requests = [
+        (chat_prompts[0], SamplingParams(max_tokens=12, temperature=0)),
+        (long_prompt, SamplingParams(max_tokens=20, min_tokens=20, temperature=0)),
+    ]
+    kw = dict(max_num_seqs=2, enable_overlap_schedule=True)
+    eager = _run_each(make_engine(model_and_tokenizer, HYBRID, **kw), requests)
+    engine = make_engine(model_and_tokenizer, HYBRID, **kw)
+    engine._verify_graph = _DirectPhase(engine._verify_batch)
+    engine._draft_graph = _DirectPhase(engine._draft_batch)
+    engine.ngram.pad_to_max = True  # as under use_cudagraph (SPEC §1.4)
+    graphed = _run_each(engine, requests)
+    assert [r.text for r in graphed] == [r.text for r in eager]
+    for phase in (engine._verify_graph, engine._draft_graph):
+        windows = {window for _, window in phase.calls}
+        assert {KV_BUCKET_MIN, 2 * KV_BUCKET_MIN} <= windows, phase.calls
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("draft_graph", [False, True], ids=["verify", "verify+draft"])
-def test_cuda_graphs_change_no_text(model_and_tokenizer, chat_prompts, greedy_none, draft_graph):
-    """Greedy texts with the verify (and draft) phases replayed as CUDA graphs equal eager
-    decoding on the same GPU, float32, with more requests than slots and the overlap schedule."""
+@pytest.mark.parametrize(
+    ("draft_graph", "opt_level"),
+    [(False, 0), (True, 0), (True, 2)],
+    ids=["verify", "verify+draft", "verify+draft+compile"],
+)
+def test_cuda_graphs_change_no_text(
+    model_and_tokenizer, chat_prompts, greedy_none, draft_graph, opt_level
+):
+    """Greedy texts with the verify (and draft) phases replayed as CUDA graphs (torch.compile'd
+    first at graph_opt_level 2) equal eager decoding on the same GPU, float32, with more
+    requests than slots, the overlap schedule, and a request whose positions cross the first
+    cache window (256) mid-generation, so its steps switch graphs."""
     from refserver.config import GraphOptimizationConfig
+    from refserver.cuda_graphs import KV_BUCKET_MIN
     from refserver.model import load_model
 
     model, tok = load_model(device="cuda")
     requests = _mixed_requests(chat_prompts, greedy_none)
+    long_prompt = (chat_prompts[1] * 8)[: KV_BUCKET_MIN - 12]
+    requests.append((long_prompt, SamplingParams(max_tokens=24, min_tokens=20, temperature=0)))
     texts = {}
     for graphs in (False, True):
         config = EngineConfig(
@@ -357,7 +409,9 @@ def test_cuda_graphs_change_no_text(model_and_tokenizer, chat_prompts, greedy_no
             max_num_seqs=2,
             enable_overlap_schedule=True,
             graph_optimization=GraphOptimizationConfig(
-                use_cudagraph=graphs, draft_model_use_cudagraph=graphs and draft_graph
+                use_cudagraph=graphs,
+                draft_model_use_cudagraph=graphs and draft_graph,
+                graph_opt_level=opt_level if graphs else 0,
             ),
         )
         results = _run_each(Engine(config, model, tok), requests)
