@@ -16,6 +16,10 @@ SPEC_CONFIGS: dict[str, str | None] = {
     "mtp s=1": '{"method":"mtp","num_speculative_tokens":1,"num_model_steps":1}',
     "mtp s=3": '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":3}',
     "hybrid K=5 s=3": HYBRID,
+    "hybrid K=5 s=1": (
+        '{"method":"mtp","num_speculative_tokens":5,"num_model_steps":1,'
+        '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
+    ),
     "hybrid K=3 s=1": (
         '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":1,'
         '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'

@@ -98,6 +98,34 @@ def test_expected_tokens_and_time_follow_the_rates_and_costs():
     assert policy.expected(st, 0, 0) == pytest.approx((1.0, (FLAT[1] + 5) * MS))
 
 
+def test_a_known_lookup_scores_ngram_only_plans_on_what_it_offers():
+    policy = AdaptivePolicy(K=3, mtp_steps=1, uses_ngram=True, costs=costs(FLAT, {1: 10}, 5))
+    st = policy.new_request()
+    p = adaptive.PRIOR_MEAN
+    # The lookup offers 1 draft: a cap of 3 verifies 2 tokens and can gain one position only.
+    tokens, seconds = policy.expected(st, 0, 3, found=1)
+    assert tokens == pytest.approx(1 + p)
+    assert seconds == pytest.approx((FLAT[2] + 5) * MS)
+    assert policy.expected(st, 0, 3, found=0) == pytest.approx((1.0, (FLAT[1] + 5) * MS))
+    # It says nothing about plans with MTP drafts: those keep the estimated rates.
+    assert policy.expected(st, 1, 3, found=0) == policy.expected(st, 1, 3)
+    # Nothing offered: no n-gram-only plan beats no drafts, so MTP or nothing is chosen.
+    assert policy.best(st, found=0) in {(0, 0), (1, 1), (1, 2), (1, 3)}
+
+
+def test_offered_ngram_positions_have_their_own_rate():
+    policy = AdaptivePolicy(K=5, mtp_steps=0, uses_ngram=True)
+    st = policy.new_request()
+    st.drafted(Plan(0, 5), room=10, num_drafts=2)  # 2 offered of 5 allowed
+    st.observe(1)  # the first accepted, the second rejected
+    assert [(r.hits, r.trials) for r in st.ngram_offered[:3]] == [(1, 1), (0, 1), (0, 0)]
+    assert [(r.hits, r.trials) for r in st.ngram[:3]] == [(1, 1), (0, 1), (0, 0)]
+    st.drafted(Plan(0, 5), room=10, num_drafts=0)  # nothing offered
+    st.observe(0)
+    assert st.ngram[0].trials == pytest.approx(adaptive.DECAY + 1)  # tried, found nothing
+    assert st.ngram_offered[0].trials == pytest.approx(adaptive.IDLE_DECAY)  # not offered
+
+
 def test_unmeasured_costs_run_the_configured_maximum():
     policy = AdaptivePolicy(K=5, mtp_steps=3, uses_ngram=True)
     assert policy.best(policy.new_request()) == (3, 5)
@@ -202,10 +230,12 @@ class _ScriptedPolicy(AdaptivePolicy):
         super().__init__(*args)
         self.rng = random.Random(seed)
         self.seen: set[tuple[int, int]] = set()
+        self.found: list[int | None] = []
 
     def best(self, state, found=None):
         choice = self.rng.choice(self.candidates())
         self.seen.add(choice)
+        self.found.append(found)
         return choice
 
 
@@ -226,3 +256,5 @@ def test_any_adaptive_decisions_keep_greedy_output_and_metrics_exact(
     assert {(0, 0), (3, 5)} <= engine.adaptive.seen and any(
         0 < m < 3 for m, _ in engine.adaptive.seen
     )
+    # The n-gram lookup ran before every plan and offered drafts (which n-gram-only plans took).
+    assert None not in engine.adaptive.found and max(engine.adaptive.found) > 0
