@@ -2,8 +2,9 @@
 
     python -m benchmarks.bench_serving --out bench_serving.md   # ~17 min on the 2-core VM
     python -m benchmarks.bench_serving --quick                  # ~2 min
-    python -m benchmarks.bench_serving --configs none "hybrid K=5 s=3" "hybrid K=3 s=1" \
-        --concurrency 1 --no-peer --rounds 4 --prompts-per-kind 3   # issue 16's table, vLLM too
+    python -m benchmarks.bench_serving --configs none "hybrid K=5 s=1" "hybrid K=3 s=1" \
+        "adaptive hybrid K=5 s=3" --concurrency 1 --no-peer --rounds 4 --prompts-per-kind 3
+        # issue 16's table, vLLM too (~10 min)
     pytest -m benchmark benchmarks/test_bench_serving.py -s    # the --quick variant, checked
 
 Defaults: --dtype auto (refserver's rule: bfloat16 only with AMX or AVX-512-BF16, else float32),
