@@ -126,6 +126,18 @@ def test_offered_ngram_positions_have_their_own_rate():
     assert st.ngram_offered[0].trials == pytest.approx(adaptive.IDLE_DECAY)  # not offered
 
 
+def test_drafts_that_barely_pay_are_not_drafted():
+    """One MTP draft costs 10 ms more and gains its acceptance a: (1 + a) * 90 / 100 over no
+    drafts. At a = 0.12 that is 1.008 (taken without SPECULATE_GAIN), at a = 0.2 it is 1.08."""
+    policy = AdaptivePolicy(
+        K=1, mtp_steps=1, uses_ngram=False, costs=costs({1: 90, 2: 90}, {1: 10})
+    )
+    st = policy.new_request()
+    for a, plan in ((0.10, (0, 0)), (0.12, (0, 0)), (0.20, (1, 1))):
+        st.mtp[0].hits, st.mtp[0].trials = a * 1e6, 1e6
+        assert policy.best(st) == plan, a
+
+
 def test_unmeasured_costs_run_the_configured_maximum():
     policy = AdaptivePolicy(K=5, mtp_steps=3, uses_ngram=True)
     assert policy.best(policy.new_request()) == (3, 5)
