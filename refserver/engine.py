@@ -648,6 +648,7 @@ class Engine:
         if self.adaptive is not None and self.ngram is not None:
             for group, drafts in self._in_groups(self._ngram_lookup, [s for s, _ in items]):
                 found.update((id(s), d) for s, d in zip(group, drafts, strict=True))
+            items = [(s, inp) for s, inp in items if not s.failed]  # its lookup raised: ended
         plans = {id(s): self._plan(s, inp, found.get(id(s))) for s, inp in items}
 
         def draft_rows(seqs: list[_Sequence]) -> list[list[int]]:
