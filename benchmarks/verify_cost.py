@@ -3,7 +3,7 @@
     python -m benchmarks.verify_cost --dtype float32 --threads 2
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python -m benchmarks.verify_cost  # AVX2
     python -m benchmarks.verify_cost --profile 6     # + torch.profiler's op table at T=6
-    python -m benchmarks.verify_cost --compare-packing  # + the same without packed fp32 weights
+    python -m benchmarks.verify_cost --compare-linears  # + the other float32 linear paths
 
 Speculation pays only if verifying K+1 tokens costs much less than K+1 single-token steps. This
 times exactly what the engine does per decode step, in-process, one row (concurrency 1):
@@ -15,9 +15,10 @@ times exactly what the engine does per decode step, in-process, one row (concurr
 
 All shapes run interleaved in a fresh random order every repetition (a shared machine's slow
 second hits all of them alike); the table is the median over repetitions, and "vs T=1" is
-fwd+logits(T) / fwd+logits(1) of the same repetition, medianed. `--compare-packing` (float32)
-adds fwd+logits with the oneDNN-packed weights switched off (plain F.linear = MKL sgemm, what
-refserver did before), in the same interleaved repetitions. Not a test: prints a table.
+fwd+logits(T) / fwd+logits(1) of the same repetition, medianed. `--compare-linears` (float32)
+adds fwd+logits with refserver's rows kernel switched off (oneDNN's packed weights, what
+refserver did before) and with both switched off (plain F.linear = MKL sgemm), in the same
+interleaved repetitions. Not a test: prints a table.
 """
 
 from __future__ import annotations
@@ -43,13 +44,22 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def build(dtype: torch.dtype, context: int, k: int, compare_packing: bool = False):
+# --compare-linears: the float32 CPU linear paths of refserver.model.Linear, by what is off.
+LINEAR_PATHS = {
+    "rows kernel": (True, True),
+    "oneDNN packed": (False, True),
+    "F.linear": (False, False),
+}
+
+
+def build(dtype: torch.dtype, context: int, k: int, compare_linears: bool = False):
     """The model with a `context`-token prefix in slot 0, and one callable per measured shape."""
     from refserver.model import Linear
     from refserver.mtp import MTPInput, load_mtp_drafter
 
     model, _ = load_model(dtype=dtype)
-    packed = {m: m.packed for m in model.modules() if isinstance(m, Linear)}
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    saved = [(m.rows_kernel, m.packed) for m in linears]
     cache = model.new_cache(1, context + k + 8)
     gen = torch.Generator().manual_seed(SEED)
     prefix = torch.randint(0, model.config.vocab_size, (1, context), generator=gen)
@@ -59,20 +69,21 @@ def build(dtype: torch.dtype, context: int, k: int, compare_packing: bool = Fals
     drafter = load_mtp_drafter(None, model, 1, context + k + 8)
     drafter.draft([MTPInput(0, hidden[0], prefix[0, 1:].tolist() + [0], 0)], 1)  # fill its cache
 
-    def verify(t: int, part: str, packing: bool = True) -> Callable[[], object]:
+    def verify(t: int, part: str, path: str = "rows kernel") -> Callable[[], object]:
         tokens = prefix[:, -t:].clone()
         positions = torch.arange(context, context + t)[None]
+        rows_on, packed_on = LINEAR_PATHS[path]
 
         def run() -> object:
-            for m, p in packed.items():  # packing off: every Linear falls back to F.linear
-                m.packed = p if packing else None
+            for m, (rows, packed) in zip(linears, saved, strict=True):
+                m.rows_kernel, m.packed = rows and rows_on, packed if packed_on else None
             try:
                 with torch.inference_mode():
                     h = model.forward(tokens, positions, cache, slots)
                     return model.logits(h) if part != "fwd" else h
             finally:
-                for m, p in packed.items():
-                    m.packed = p
+                for m, (rows, packed) in zip(linears, saved, strict=True):
+                    m.rows_kernel, m.packed = rows, packed
 
         return run
 
@@ -93,8 +104,8 @@ def build(dtype: torch.dtype, context: int, k: int, compare_packing: bool = Fals
         shapes[f"fwd T={t}"] = verify(t, "fwd")
         shapes[f"logits T={t}"] = logits_only(t)
         shapes[f"fwd+logits T={t}"] = verify(t, "fwd+logits")
-        if compare_packing:
-            shapes[f"unpacked T={t}"] = verify(t, "fwd+logits", packing=False)
+        for path in LINEAR_PATHS if compare_linears else ():
+            shapes[f"{path} T={t}"] = verify(t, "fwd+logits", path)
     shapes["mtp step"] = mtp_step
     return shapes
 
@@ -108,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=15, help="interleaved repetitions")
     ap.add_argument("--profile", type=int, default=0, help="also print the op table at this T")
     ap.add_argument(
-        "--compare-packing",
+        "--compare-linears",
         action="store_true",
-        help="also time fwd+logits without the packed weights (F.linear everywhere)",
+        help="also time fwd+logits with each float32 linear path (rows kernel, oneDNN, F.linear)",
     )
     a = ap.parse_args(argv)
     for name in ("threads", "k", "context", "reps"):
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--profile={a.profile}: must be in 0..{a.k + 1}")
     torch.set_num_threads(a.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
-    shapes = build(dtype, a.context, a.k, a.compare_packing)
+    shapes = build(dtype, a.context, a.k, a.compare_linears)
     for fn in shapes.values():  # warm-up: allocator, oneDNN primitive caches
         fn(), fn()
     rng = random.Random(SEED)
@@ -144,16 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{med[f'fwd+logits T={t}']:.1f} | {ratio:.2f}x | {med[f'fwd+logits T={t}'] / t:.1f} |"
         )
     print(f"\nMTP step (head block + its output head, one row): {med['mtp step']:.1f} ms")
-    if a.compare_packing:
-        print("\nfwd+logits with packed weights vs without (F.linear), same reps:\n")
-        print("| T | packed | F.linear | packed / F.linear |")
-        print("|---|---|---|---|")
+    if a.compare_linears:
+        names = list(LINEAR_PATHS)
+        print("\nfwd+logits (ms) by float32 linear path, same reps; ratios per rep, medianed:\n")
+        print("| T | " + " | ".join(names) + " | rows / oneDNN | rows / F.linear |")
+        print("|---|" + "---|" * (len(names) + 2))
         for t in range(1, a.k + 2):
-            on, off = ms[f"fwd+logits T={t}"], ms[f"unpacked T={t}"]
-            ratio = statistics.median(x / y for x, y in zip(on, off, strict=True))
-            print(
-                f"| {t} | {statistics.median(on):.1f} | {statistics.median(off):.1f} | {ratio:.2f}x |"
-            )
+            v = {n: ms[f"{n} T={t}"] for n in names}
+            r = [
+                statistics.median(x / y for x, y in zip(v[names[0]], v[n], strict=True))
+                for n in names[1:]
+            ]
+            cells = " | ".join(f"{statistics.median(v[n]):.1f}" for n in names)
+            print(f"| {t} | {cells} | {r[0]:.2f}x | {r[1]:.2f}x |")
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 

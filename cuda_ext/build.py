@@ -87,7 +87,9 @@ def _ensure_ninja_on_path() -> None:
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
 
 
-def _load(name: str, sources: list[str], cuda: bool, verbose: bool) -> None:
+def _load(
+    name: str, sources: list[str], cuda: bool, verbose: bool, csrc: Path = CSRC, kind: str = ""
+) -> None:
     from torch.utils import cpp_extension
 
     _ensure_ninja_on_path()
@@ -97,10 +99,10 @@ def _load(name: str, sources: list[str], cuda: bool, verbose: bool) -> None:
         kwargs["extra_cuda_cflags"] = CUDA_FLAGS
     cpp_extension.load(
         name=name,
-        sources=[str(CSRC / s) for s in sources],
+        sources=[str(csrc / s) for s in sources],
         extra_cflags=CPU_FLAGS,
-        extra_include_paths=[str(CSRC)],
-        build_directory=str(build_dir("cuda" if cuda else "cpu")),
+        extra_include_paths=[str(csrc)],
+        build_directory=str(build_dir(kind or ("cuda" if cuda else "cpu"))),
         with_cuda=cuda,
         is_python_module=False,
         verbose=verbose,
@@ -109,17 +111,30 @@ def _load(name: str, sources: list[str], cuda: bool, verbose: bool) -> None:
 
 def ensure_cpu(verbose: bool = False) -> BuildResult:
     """Build/load the schema and the CPU kernel once per process."""
-    if "cpu" not in _results:
+    return _enforce(
+        "cpu", ensure_cpu_library("cpu", CSRC, CPU_SOURCES, "specgate_ops_cpu", verbose)
+    )
+
+
+def ensure_cpu_library(
+    kind: str, csrc: Path, sources: list[str], name: str | None = None, verbose: bool = False
+) -> BuildResult:
+    """Build/load one CPU library once per process: the op's (`ensure_cpu`) or another one of
+    this project's (refserver's kernels: `kind` names its build folder, `name` the library,
+    default `kind`). Same flags and cache root. A failure is logged and returned, never raised:
+    SPECGATE_REQUIRE_OP governs the op only, other callers decide what a failure means."""
+    if kind not in _results:
         if shutil.which(os.environ.get("CXX", "c++")) is None:
-            _results["cpu"] = BuildResult(False, "no C++ compiler found (set CXX or install g++)")
+            _results[kind] = BuildResult(False, "no C++ compiler found (set CXX or install g++)")
         else:
             try:
-                _load("specgate_ops_cpu", CPU_SOURCES, cuda=False, verbose=verbose)
-                _results["cpu"] = BuildResult(True, f"built in {build_dir('cpu')}")
-            except Exception as exc:  # a failed compile must not break importing the package
-                _results["cpu"] = BuildResult(False, f"CPU build failed: {exc}")
-                log.warning("specgate op: %s", _results["cpu"].detail)
-    return _enforce("cpu", _results["cpu"])
+                _load(name or kind, sources, cuda=False, verbose=verbose, csrc=csrc, kind=kind)
+                _results[kind] = BuildResult(True, f"built in {build_dir(kind)}")
+            except Exception as exc:  # a failed compile must not break importing the caller
+                label = "CPU" if kind == "cpu" else kind
+                _results[kind] = BuildResult(False, f"{label} build failed: {exc}")
+                log.warning("specgate: %s", _results[kind].detail)
+    return _results[kind]
 
 
 def ensure_cuda(verbose: bool = False) -> BuildResult:

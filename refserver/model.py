@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from refserver import rows_linear
 from refserver.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -314,21 +315,46 @@ def f32_packed_min_rows() -> int | None:
     return 4 if mkl_avx512 else 2
 
 
+@functools.cache
+def f32_rows_kernel() -> bool:
+    """Whether float32 CPU linears use refserver's rows kernel; said once in the log either way,
+    since without it verification costs more (see `Linear`)."""
+    why_not = rows_linear.unavailable_reason()
+    if why_not is None:
+        log.info(
+            "float32 CPU linears: refserver's rows kernel (AVX2+FMA) up to %d rows",
+            rows_linear.MAX_ROWS,
+        )
+        return True
+    log.warning(
+        "float32 CPU linears: refserver's rows kernel is NOT used (%s); oneDNN/MKL instead, "
+        "so verifying K+1 tokens costs more",
+        why_not,
+    )
+    return False
+
+
 class Linear(nn.Linear):
     """x @ weight.T (no bias), with CPU fast paths once the weight is frozen.
 
     `freeze_()` (inference, after the last `.to()`) enables, on CPU, paths measured faster on
     this project's CPU (1 thread):
+    - float32, up to `rows_linear.MAX_ROWS` rows (decode, verification, MTP steps): refserver's
+      own kernel (`refserver.rows_linear`), which hides the FMAs of K+1 rows under the weight
+      stream: verifying 6 tokens costs ~1.2x one token instead of ~1.5x (AVX2). Its rows do not
+      depend on the other rows of the call. Where it cannot run (no AVX2/FMA, no compiler) the
+      log says so once and the paths below apply.
     - bf16, one row (decode without drafts, MTP steps): `torch.mv`, ~25-40% faster;
     - bf16, several rows (draft verification): a weight reordered once into oneDNN's blocked
       layout (what inductor's weight freezing does), ~25% faster for 4..8 rows; for the
       49152-row output head it is slower, hence `pack=False` there. Both equal F.linear's
       result bit for bit.
-    - float32, from `f32_packed_min_rows()` rows: the same oneDNN-packed weight (also for the
-      output head), ~25% faster for 4..6 rows than MKL's sgemm, which re-packs the weight per
-      call. Not F.linear's bits (another summation order; F.linear is not row-invariant
-      either: its rows at M >= 2 differ from M = 1 in the last bits); refserver's greedy
-      outputs were checked unchanged.
+    - float32, from `f32_packed_min_rows()` rows (prefill, and everything without the kernel):
+      the same oneDNN-packed weight (also for the output head), ~25% faster for 4..6 rows than
+      MKL's sgemm, which re-packs the weight per call.
+    The float32 paths are not F.linear's bits (other summation orders; F.linear is not
+    row-invariant either: its rows at M >= 2 differ from M = 1 in the last bits); refserver's
+    greedy outputs were checked unchanged.
     Elsewhere (CUDA, training, no oneDNN) it is plain F.linear.
     """
 
@@ -337,6 +363,7 @@ class Linear(nn.Linear):
         self.cpu_bf16 = False  # set by freeze_: the bf16 fast paths apply
         self.packed: Tensor | None = None
         self.packed_min_rows = 2  # rows from which `packed` is used (set by freeze_)
+        self.rows_kernel = False  # set by freeze_: float32 rows go to refserver.rows_linear
 
     @classmethod
     def frozen(cls, weight: Tensor, pack: bool = True) -> Linear:
@@ -351,14 +378,18 @@ class Linear(nn.Linear):
         w = self.weight
         cpu = w.device.type == "cpu"
         self.cpu_bf16 = cpu and w.dtype == torch.bfloat16
-        cpu_f32 = cpu and w.dtype == torch.float32 and f32_packed_min_rows() is not None
-        if (pack and self.cpu_bf16 and onednn_bf16_packing()) or cpu_f32:
+        cpu_f32 = cpu and w.dtype == torch.float32
+        self.rows_kernel = cpu_f32 and rows_linear.fits(w) and f32_rows_kernel()
+        packed_f32 = cpu_f32 and f32_packed_min_rows() is not None
+        if (pack and self.cpu_bf16 and onednn_bf16_packing()) or packed_f32:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8)
-            self.packed_min_rows = f32_packed_min_rows() if cpu_f32 else 2
+            self.packed_min_rows = f32_packed_min_rows() if packed_f32 else 2
         return self
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.shape[-1]
+        if self.rows_kernel and rows <= rows_linear.MAX_ROWS:
+            return rows_linear.rows_linear(x, self.weight)
         if self.cpu_bf16 and rows == 1:  # one row: a matrix-vector product
             return torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
         if self.packed is not None and rows >= self.packed_min_rows:

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from refserver import rows_linear
 from refserver.model import (
     Linear,
     ModelConfig,
@@ -89,11 +90,13 @@ def test_rollback_is_overwriting(model_and_tokenizer):
     torch.testing.assert_close(out[0, -1], ref[-1], atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 6, 16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 6, 16, 40])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_frozen_linear_equals_f_linear(rows, dtype):
     """The CPU fast paths: bf16 (torch.mv, oneDNN-packed weight) gives F.linear's exact bits;
-    float32 from `f32_packed_min_rows()` rows (the packed weight) equals it to float32 rounding.
+    float32 up to `rows_linear.MAX_ROWS` rows takes refserver's rows kernel where it runs, above
+    (or without it) from `f32_packed_min_rows()` rows the packed weight; both equal F.linear to
+    float32 rounding.
 
     Runs the path this CPU has: the bf16 packed one where torch says oneDNN can pack bf16
     (AVX-512 or AVX-NE-CONVERT), else F.linear; the packed check is skipped, with the reason,
@@ -110,8 +113,12 @@ def test_frozen_linear_equals_f_linear(rows, dtype):
             not f32 and pack and onednn_bf16_packing()
         )
         assert (frozen.packed is not None) == expect_packed
+        assert frozen.rows_kernel == (f32 and rows_linear.unavailable_reason() is None)
         got, want = frozen(x), F.linear(x, weight)
-        if f32 and expect_packed and rows >= min_rows:
+        if frozen.rows_kernel and rows <= rows_linear.MAX_ROWS:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+            assert torch.equal(got, rows_linear.rows_linear(x, weight))
+        elif f32 and expect_packed and rows >= min_rows:
             # another summation order: not the same bits, the same values to rounding
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
             assert torch.equal(
