@@ -46,19 +46,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from refserver.presets import SPEC_CONFIGS  # noqa: E402 (after the path set-up)
+
+# refserver/presets.py's names, plus the short ones this tool has always taken.
 PRESETS: dict[str, str | None] = {
-    "none": None,
-    "ngram5": '{"method":"ngram","num_speculative_tokens":5,"max_ngram_size":3,"min_ngram_size":1}',
-    "mtp1": '{"method":"mtp","num_speculative_tokens":1,"num_model_steps":1}',
-    "mtp3": '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":3}',
-    "hybrid31": (
-        '{"method":"mtp","num_speculative_tokens":3,"num_model_steps":1,'
-        '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
-    ),
-    "hybrid53": (
-        '{"method":"mtp","num_speculative_tokens":5,"num_model_steps":3,'
-        '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
-    ),
+    **SPEC_CONFIGS,
+    "ngram5": SPEC_CONFIGS["ngram K=5"],
+    "mtp1": SPEC_CONFIGS["mtp s=1"],
+    "mtp3": SPEC_CONFIGS["mtp s=3"],
+    "hybrid31": SPEC_CONFIGS["hybrid K=3 s=1"],
+    "hybrid51": SPEC_CONFIGS["hybrid K=5 s=1"],
+    "hybrid53": SPEC_CONFIGS["hybrid K=5 s=3"],
 }
 SECTIONS = ("target fwd", "logits", "accept/emit", "mtp draft", "ngram ext", "other")
 
@@ -223,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
 
     engines = {}
     for name in args.spec or ["none", "ngram5", "mtp1", "hybrid31", "hybrid53"]:
+        if name not in PRESETS and not name.lstrip().startswith("{"):
+            ap.error(f"--spec {name!r}: neither a preset ({', '.join(PRESETS)}) nor JSON")
         spec = SpeculativeConfig.from_json(PRESETS.get(name, name))
         for vocab in vocabs if spec.mtp_steps else [None]:
             config = EngineConfig(
