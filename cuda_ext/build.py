@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 CSRC = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = ["ngram_cpu.cpp"]
 CUDA_SOURCES = ["ngram_cuda.cpp", "ngram_cuda_kernel.cu"]
-CPU_FLAGS = ["-O3"]
+# -fopenmp: at::parallel_for is an OpenMP pragma inlined from ATen's headers; without the flag
+# a kernel's parallel_for silently runs on one thread. Only compiled, not linked: the GOMP symbols
+# resolve to the libgomp torch already loaded (libtorch_cpu's), so there is one OpenMP runtime
+# and torch.set_num_threads governs it.
+CPU_FLAGS = ["-O3", "-fopenmp"]
 CUDA_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 
 
