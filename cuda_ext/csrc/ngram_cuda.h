@@ -15,7 +15,6 @@ constexpr int kMaxFinalTiles = 64;  // finaliser blocks at most (more rows per t
 constexpr int kSpeculativeUnits = 1024;  // grids up to this many units load first tiles at once
 constexpr int kOneWaveMaxTiles = 16;     // one-wave segment sizing only up to 16 tiles (4K tokens)
 constexpr int kFusedMaxUnits = 32;  // grids of at most this many units run as one fused block
-constexpr int kClusterMaxBlocks = 8;  // B <= 32 and <= 256 units: one cluster of fused blocks
 
 struct NgramParams {
   const int64_t* token_ids_all;  // [B, s_all]

@@ -27,11 +27,8 @@
 //
 // Grids of at most kFusedMaxUnits units (B = 1 with a 1K prompt, small B with short rows) run
 // as ONE block instead (hybrid_mtp_ngram_fused_kernel): the same search with the keys in shared
-// memory, one barrier, then warp 0 applies the threshold to every row with warp scans. Up to
-// kClusterMaxBlocks times as many units (B <= kFusedMaxUnits: B = 1 up to 32K-token prompts,
-// B = 8 with 1K) run the same way as ONE thread-block cluster, the keys in block 0's shared
-// memory (distributed shared memory), cluster barriers instead of block barriers. Those paths
-// have no atomics on global memory, no counters, and leave no workspace state.
+// memory, one barrier, then warp 0 applies the threshold to every row with warp scans. That
+// path has no atomics on global memory, no counters, and leaves no workspace state.
 //
 // Forward progress. Only finaliser blocks wait, and only for (a) the search blocks, which never
 // wait, and (b) earlier tiles, which by the ticket order have already started. The finalisers
@@ -110,7 +107,6 @@
 // exactly as the definition counts it). Writes go to [ori, ori + m) with m <= K + 1 - ori, and
 // W >= K + 1 is checked on the host; reads of continuations stay inside the clamped haystack.
 
-#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -602,69 +598,17 @@ __device__ void finalise_warp(const NgramParams& p, const unsigned long long* ke
   if (live) finish_row(p, r, d, ic - c + d.ori, U0 - ie);  // T_b, u_b as in finalise_tile
 }
 
-// kCluster (B <= kFusedMaxUnits, at most kFusedMaxUnits * kClusterMaxBlocks units): the grid is
-// ONE thread-block cluster of 1024-thread blocks; the keys live in block 0's shared memory and
-// the other blocks' warps merge into them with distributed-shared-memory atomics. The cluster
-// barrier (hardware, release/acquire) replaces __syncthreads: one at the start (block 0's keys
-// are zero and every block of the cluster is running before any remote atomic), one after the
-// search (the other blocks arrive and leave; block 0 waits, then its warp 0 finalises).
-template <bool kCluster>
 __global__ void __launch_bounds__(32 * kFusedMaxUnits, 1)  // <= 64 registers, as the main kernel
     hybrid_mtp_ngram_fused_kernel(const NgramParams p) {
   __shared__ unsigned long long keys[2 * kFusedMaxUnits];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   // U0's inputs, loaded now and used after the search (their latency hides behind it).
   const int32_t dec = lane < p.batch ? p.seq_lens_decoder[lane] : 0;
-  if (!kCluster) {
-    if (threadIdx.x < 2 * p.batch) keys[threadIdx.x] = 0ull;
-    __syncthreads();
-    search_unit<true>(p, warp, nullptr, keys);
-    __syncthreads();
-  } else {
-    namespace cg = cooperative_groups;
-    const cg::cluster_group cluster = cg::this_cluster();
-    const bool leader = cluster.block_rank() == 0;
-    if (leader && threadIdx.x < 2 * p.batch) keys[threadIdx.x] = 0ull;
-    cluster.sync();
-    search_unit<true>(p, int64_t(blockIdx.x) * kFusedMaxUnits + warp, nullptr,
-                      cluster.map_shared_rank(keys, 0));
-    __syncwarp();              // the cluster barrier is warp-aligned
-    cluster.barrier_arrive();  // release: this block's atomics before block 0's reads
-    if (!leader) return;       // nothing reads this block's shared memory
-    cluster.barrier_wait();
-  }
+  if (threadIdx.x < 2 * p.batch) keys[threadIdx.x] = 0ull;
+  __syncthreads();
+  search_unit<true>(p, warp, nullptr, keys);
+  __syncthreads();
   if (warp == 0) finalise_warp(p, keys, dec);
-}
-
-// Can a cluster of `blocks` fused blocks run on the current device (e.g. not on a small MIG
-// slice)? Asked once per (device, size); where not, the main kernel runs (same result).
-bool cluster_fits(unsigned blocks) {
-  constexpr int kDevices = 64;
-  static int fits[kDevices][kClusterMaxBlocks + 1] = {};  // 0 unknown, 1 yes, 2 no (races benign)
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  int& fit = fits[device][blocks];
-  if (fit == 0) {
-    cudaLaunchConfig_t cfg{};
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = blocks;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cfg.gridDim = dim3(blocks);
-    cfg.blockDim = dim3(32 * kFusedMaxUnits);
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    int clusters = 0;
-    const cudaError_t err =
-        cudaOccupancyMaxActiveClusters(&clusters, hybrid_mtp_ngram_fused_kernel<true>, &cfg);
-    if (err != cudaSuccess) (void)cudaGetLastError();  // not an error of this op: main kernel
-    fit = err == cudaSuccess && clusters > 0 ? 1 : 2;
-  }
-  return fit == 1;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -694,24 +638,9 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)  // <= 64 registers: 32 w
 }  // namespace
 
 cudaError_t launch_hybrid_mtp_ngram(const NgramParams& p, cudaStream_t stream) {
-  const int64_t cluster_blocks = (p.num_units + kFusedMaxUnits - 1) / kFusedMaxUnits;
   if (p.num_units <= kFusedMaxUnits) {  // then B <= kFusedMaxUnits too (a unit per row at least)
     const unsigned threads = static_cast<unsigned>(32 * p.num_units);
-    hybrid_mtp_ngram_fused_kernel<false><<<1, threads, 0, stream>>>(p);
-  } else if (p.batch <= kFusedMaxUnits && cluster_blocks <= kClusterMaxBlocks &&
-             cluster_fits(static_cast<unsigned>(cluster_blocks))) {
-    cudaLaunchConfig_t cfg{};
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = static_cast<unsigned>(cluster_blocks);
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cfg.gridDim = dim3(static_cast<unsigned>(cluster_blocks));
-    cfg.blockDim = dim3(32 * kFusedMaxUnits);
-    cfg.stream = stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, hybrid_mtp_ngram_fused_kernel<true>, p);
+    hybrid_mtp_ngram_fused_kernel<<<1, threads, 0, stream>>>(p);
   } else {
     const unsigned grid = static_cast<unsigned>(p.search_blocks + p.final_tiles);
     hybrid_mtp_ngram_kernel<<<grid, BLOCK, 0, stream>>>(p);

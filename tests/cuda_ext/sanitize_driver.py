@@ -27,8 +27,7 @@ def main() -> int:
     cases = [generate(r, case_seed(SEED, r, i)) for r in ("mixed", "threshold_edge", "end_match")
              for i in range(3)]  # fmt: skip
     cases += [fixed_shape_batch(gen, b, s, p, k=5, vocab=v, pad_to_max=True)
-              for (b, s, p, v) in [(1, 20000, 900, 3), (8, 1000, 300, 3), (40, 3000, 500, 50),
-                                   (3000, 40, 20, 3)]]  # fmt: skip
+              for (b, s, p, v) in [(1, 20000, 900, 3), (40, 3000, 500, 50), (3000, 40, 20, 3)]]  # fmt: skip
     for i, batch in enumerate(cases):
         want = outputs_of(op, batch)  # CPU op
         got = outputs_of(op, batch, "cuda")
