@@ -23,7 +23,8 @@ from benchmarks.op_sweep import Point, call, call_op, make_inputs, must_read_byt
 
 BATCHES = (1, 8, 64, 256, 1024, 4096)
 PATTERNS = ("early", "late", "none")
-KERNELS = {"op": ("hybrid_mtp_ngram_kernel",), "straightforward": ("search_kernel", "threshold_kernel")}  # fmt: skip
+# The op launches one kernel: the main one, or the fused one-block kernel for grids of <= 32 units.
+KERNELS = {"op": ("hybrid_mtp_ngram_",), "straightforward": ("search_kernel", "threshold_kernel")}  # fmt: skip
 METRICS = "dram__bytes_read.sum,gpu__time_duration.sum"
 
 
@@ -82,7 +83,7 @@ def main() -> None:
         drive(args.prompt, args.generated)
         return
     cmd = ["ncu", "--clock-control", "none", "--csv", "--print-units", "base", "--metrics", METRICS,
-           "-k", "regex:hybrid_mtp_ngram_kernel|search_kernel|threshold_kernel",
+           "-k", "regex:hybrid_mtp_ngram_(fused_)?kernel|search_kernel|threshold_kernel",
            sys.executable, "-m", "benchmarks.op_bytes", "--drive",
            "--prompt", str(args.prompt), "--generated", str(args.generated)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)

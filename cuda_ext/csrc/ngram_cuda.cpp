@@ -82,8 +82,8 @@ void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& pr
   // Segment length, derived from shapes only (the grid never depends on tensor values). A wave
   // is 32 search warps per SM (64 registers). Where the rows fit in one wave (2B units at most),
   // the shortest segments (whole warp tiles) whose units fit in ONE wave: no second, partly
-  // empty wave, and every row is split as finely as that allows. Otherwise about one wave's
-  // worth of tokens per unit.
+  // empty wave, and every row is split as finely as that allows. Otherwise, or where that needs
+  // segments of more than kOneWaveMaxTiles tiles, about one wave's worth of tokens per unit.
   const int64_t wave_units = 32 * int64_t(multiprocessors(token_ids_all.device().index()));
   auto units_for = [&](int64_t seg) {
     const int64_t segs = (s.prompt_capacity + seg - 1) / seg + (s.generated_capacity + seg - 1) / seg;
@@ -91,7 +91,7 @@ void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& pr
   };
   const int64_t widest_tiles = std::max<int64_t>(
       1, (std::max(s.prompt_capacity, s.generated_capacity) + kWarpTile - 1) / kWarpTile);
-  int64_t seg;
+  int64_t seg = 0;
   if (units_for(widest_tiles * kWarpTile) <= wave_units) {
     int64_t lo = 1, hi = widest_tiles;  // units_for is non-increasing in the segment length
     while (lo < hi) {
@@ -103,7 +103,11 @@ void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& pr
       }
     }
     seg = lo * kWarpTile;
-  } else {
+  }
+  // Units longer than kOneWaveMaxTiles stream long enough that a partial second wave costs less
+  // than the slots the uneven units of a one-wave split leave idle (B = 1024 x 32K: 75-84 us with
+  // about a wave of tokens per unit, 83-93 us split for one wave; H200, issue 15 v8 run).
+  if (seg == 0 || seg > int64_t(kOneWaveMaxTiles) * kWarpTile) {
     const int64_t tokens = B * (s.prompt_capacity + s.generated_capacity);
     seg = std::max<int64_t>(1, tokens / (wave_units * kWarpTile)) * kWarpTile;
   }
@@ -150,7 +154,9 @@ void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& pr
   // of DRAM time) load every unit's first tile with the keys: a round trip saved at no-match.
   // Larger grids check the keys and the probe (the row's first prompt tile) first, so that an
   // early match costs its row's other units no DRAM reads.
+  // Grids of at most kFusedMaxUnits units run as one fused block (launch_hybrid_mtp_ngram).
   p.speculative = p.num_units <= std::min<int64_t>(wave_units, kSpeculativeUnits);
+  p.probe_units = wave_units;
   p.final_tiles = final_tiles;
   p.final_rows_per_thread = per_thread;
   int64_t* base = ws.mutable_data_ptr<int64_t>();

@@ -13,6 +13,8 @@ constexpr int kBlockThreads = 256;  // every block: 8 search warps, or one final
 constexpr int kWarpTile = 32 * kItemsPerThread;  // tokens one warp reads per tile (2 KiB)
 constexpr int kMaxFinalTiles = 64;  // finaliser blocks at most (more rows per thread beyond)
 constexpr int kSpeculativeUnits = 1024;  // grids up to this many units load first tiles at once
+constexpr int kOneWaveMaxTiles = 16;     // one-wave segment sizing only up to 16 tiles (4K tokens)
+constexpr int kFusedMaxUnits = 32;  // grids of at most this many units run as one fused block
 
 struct NgramParams {
   const int64_t* token_ids_all;  // [B, s_all]
@@ -35,6 +37,7 @@ struct NgramParams {
   int64_t search_blocks;  // ceil(num_units / 8): blocks [0, search_blocks) search
   bool speculative;       // small grid: non-first units load their first tile with the keys;
                           // otherwise they load the keys and the probe first (the kernel)
+  int64_t probe_units;    // units [0, probe_units) (the first wave) probe
   // Threshold pass: blocks [search_blocks, search_blocks + final_tiles) each take a tile of
   // final_rows_per_thread * kBlockThreads consecutive rows (tile order = ticket order).
   int64_t final_tiles, final_rows_per_thread;

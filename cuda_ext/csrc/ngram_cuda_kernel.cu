@@ -25,6 +25,11 @@
 //      tile (B <= 256) counts U0 itself, needs no look-back and leaves without a fence or an
 //      atomic. No second launch, no host round trip: the whole op is capturable in a CUDA graph.
 //
+// Grids of at most kFusedMaxUnits units (B = 1 with a 1K prompt, small B with short rows) run
+// as ONE block instead (hybrid_mtp_ngram_fused_kernel): the same search with the keys in shared
+// memory, one barrier, then warp 0 applies the threshold to every row with warp scans. That
+// path has no atomics on global memory, no counters, and leaves no workspace state.
+//
 // Forward progress. Only finaliser blocks wait, and only for (a) the search blocks, which never
 // wait, and (b) earlier tiles, which by the ticket order have already started. The finalisers
 // are the last blocks of the grid (dispatched after every search block) and at most 64, so they
@@ -224,8 +229,13 @@ __device__ __forceinline__ bool search_counts_u0(const NgramParams& p) { return 
 
 // ---------------------------------------------------------------------------------------------
 // Phase 1: one warp searches one segment of one haystack of one row.
+// `keys` is p.keys, or (kFused) the fused kernel's shared array: there no unit reads a key during
+// the search (every unit starts at once and has one tile, so there is nothing to skip), and the
+// only accesses are atomics, then one barrier, then the finalising warp's reads.
 // ---------------------------------------------------------------------------------------------
-__device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_count) {
+template <bool kFused>
+__device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_count,
+                            unsigned long long* keys) {
   const int lane = threadIdx.x & 31;
   const int64_t B = p.batch;
   const bool unit_ok = u < p.num_units;
@@ -238,20 +248,22 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
   const int64_t* hay = gen ? p.pre_ids + row * p.s_pre : p.token_ids_all + row * p.s_all;
   const int64_t begin = (gen ? seg - p.segs_prompt : seg) * p.seg_tokens;
   const int64_t cap_end = begin + p.seg_tokens < cap - 1 ? begin + p.seg_tokens : cap - 1;
-  unsigned long long* my_key = p.keys + 2 * row + (gen ? 1 : 0);
+  unsigned long long* my_key = keys + 2 * row + (gen ? 1 : 0);
 
   // All independent loads first: the row's scalars, the keys, the first tile or the probe (below),
   // U0's count.
   const RowInfo ri = row_info(p, row);
-  if (unit_ok && first && lane == 0 && search_counts_u0(p)) {
+  if (!kFused && unit_ok && first && lane == 0 && search_counts_u0(p)) {
     *active_count += p.seq_lens_decoder[row] > 0;
   }
-  const bool load_first = in_grid && (first || p.speculative);
+  const bool load_first = in_grid && (first || kFused || p.speculative);
   // Probe (non-speculative grids, every unit but the row's first): the row's first prompt tile,
   // which the row's first unit reads anyway (so it comes from L2). A full-length window there
   // settles this unit before it loads a byte of its own segment, even when the row's first unit
   // has not finished yet (a one-wave grid: every unit starts at once).
-  const bool probe = in_grid && !first && !p.speculative;
+  // Only units of the first wave probe: later ones find their row's key already written (its
+  // first unit ran in the first wave), and their probe loads would only add L2 traffic.
+  const bool probe = !kFused && in_grid && !first && !p.speculative && u < p.probe_units;
   const int64_t* prompt_row = p.token_ids_all + row * p.s_all;
   const int64_t probe_cap = p.s_all - 1 < kWarpTile ? p.s_all - 1 : kWarpTile;
   int64_t v[kItemsPerThread];
@@ -262,8 +274,8 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
                       : (probe && pe < probe_cap ? __ldg(prompt_row + pe) : 0);
   }
   unsigned long long key_prompt = 0, key_own = 0;
-  if (in_grid && !first) {
-    key_prompt = __shfl_sync(kFull, lane == 0 ? __ldcg(p.keys + 2 * row) : 0ull, 0);
+  if (!kFused && in_grid && !first) {
+    key_prompt = __shfl_sync(kFull, lane == 0 ? __ldcg(keys + 2 * row) : 0ull, 0);
     key_own = __shfl_sync(kFull, lane == 0 ? __ldcg(my_key) : 0ull, 0);
   }
 
@@ -277,7 +289,7 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
     if (gen && match_len(kp) == n_hi) return true;  // the prompt wins ties
     return match_len(ko) == n_hi && int64_t(match_end(ko)) < from;
   };
-  if (!first && settled(key_prompt, key_own, begin)) return;  // warp-uniform: nothing loaded
+  if (!kFused && !first && settled(key_prompt, key_own, begin)) return;  // warp-uniform: nothing loaded
   const int64_t last = __ldg(pattern);
   if (probe) {
     // A prompt window of full length ending at e* < kWarpTile <= begin beats everything in this
@@ -306,8 +318,8 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
     // L2 round trip overlaps the tile's loads instead of following them.
     const int64_t next = t0 + kWarpTile;
     unsigned long long kp = 0, ko = 0;
-    if (lane == 0 && next < end) {
-      kp = __ldcg(p.keys + 2 * row);
+    if (!kFused && lane == 0 && next < end) {
+      kp = __ldcg(keys + 2 * row);
       ko = __ldcg(my_key);
     }
 #pragma unroll
@@ -322,7 +334,7 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
     }
     // Stop after this tile if any lane found a full-length window (nothing further right can
     // beat it), or if another unit settled this haystack before the next tile.
-    const bool give_up = lane == 0 && next < end && settled(kp, ko, next);
+    const bool give_up = !kFused && lane == 0 && next < end && settled(kp, ko, next);
     if (__any_sync(kFull, match_len(best) == n_hi || give_up)) break;
   }
 #pragma unroll
@@ -348,12 +360,14 @@ struct RowState {
   bool eligible, in_gen;
 };
 
-__device__ __forceinline__ RowState row_state(const NgramParams& p, int64_t r, const RowInfo& ri) {
+template <bool kFused = false>
+__device__ __forceinline__ RowState row_state(const NgramParams& p, int64_t r, const RowInfo& ri,
+                                              const unsigned long long* keys) {
   RowState d{static_cast<int32_t>(ri.ori), 0, 0, ri.eligible, false};
   if (ri.searchable && ri.n_hi >= p.min_ngram_size) {
-    // Keys were written with atomics (resolved in L2): read them past L1.
-    const unsigned long long kp = __ldcg(p.keys + 2 * r);
-    const unsigned long long kg = __ldcg(p.keys + 2 * r + 1);
+    // Global keys were written with atomics (resolved in L2): read them past L1.
+    const unsigned long long kp = kFused ? keys[2 * r] : __ldcg(keys + 2 * r);
+    const unsigned long long kg = kFused ? keys[2 * r + 1] : __ldcg(keys + 2 * r + 1);
     const int64_t lp = match_len(kp), lg = match_len(kg);
     int64_t avail = 0;
     if (lp >= p.min_ngram_size && lp >= lg) {  // larger n first; prompt first within n
@@ -379,12 +393,38 @@ __device__ __forceinline__ RowState row_state(const NgramParams& p, int64_t r, c
   return d;
 }
 
+// Row r's threshold rule, copy and pad_to_max (Pass B), given T_b (`total`) and u_b (`unproc`).
+__device__ __forceinline__ void finish_row(const NgramParams& p, int64_t r, const RowState& d,
+                                           int64_t total, int64_t unproc) {
+  const int64_t thr = p.threshold;
+  const bool affected = d.eligible && (total + unproc >= thr - 1 || total + unproc + d.um > thr);
+  int64_t len = d.ori, m = d.um;
+  if (affected) {
+    const int64_t budget = row_budget(p.max_draft_tokens, d.ori, p.max_dec_len[r], p.step_idx[r]);
+    m = tokens_after_threshold(budget, total, unproc, thr, d.um);
+  }
+  int64_t* row = p.draft_tokens + r * p.width;
+  int64_t last = 0;
+  if (d.eligible && m > 0) {  // um > 0 implies a searchable row with a match
+    const int64_t* src = d.in_gen ? p.pre_ids + r * p.s_pre + d.end + 1
+                                  : p.token_ids_all + r * p.s_all + d.end + 1;
+    last = copy_tokens(row + d.ori, src, m);
+    len += m;
+    p.seq_lens_this_time[r] = static_cast<int32_t>(len);
+  }
+  if (p.pad_to_max && len > 0 && len < p.max_draft_tokens + 1) {  // SPEC §1.4
+    if (m == 0) last = row[len - 1];
+    for (int64_t j = len; j <= p.max_draft_tokens; ++j) row[j] = last;
+    p.seq_lens_this_time[r] = static_cast<int32_t>(p.max_draft_tokens + 1);
+  }
+}
+
 __device__ void finalise_tile(const NgramParams& p) {
   __shared__ int64_t smem[2 * kWarps];
   __shared__ int64_t shared_tile;
   __shared__ Range shared_prefix;  // sums over the tiles before this one
   __shared__ bool shared_last;
-  const int64_t B = p.batch, thr = p.threshold;
+  const int64_t B = p.batch;
   const int tid = threadIdx.x, lane = tid & 31;
 
   // Tile order is ticket order, so every tile a look-back waits for has started.
@@ -414,10 +454,10 @@ __device__ void finalise_tile(const NgramParams& p) {
   // The search's U0 (several tiles) is read together with the keys: one L2 round trip.
   if (!single) U0 = static_cast<int64_t>(__ldcg(p.active));
   RowState d0{0, 0, 0, false, false};
-  if (r0 < B) d0 = row_state(p, r0, ri0);
+  if (r0 < B) d0 = row_state(p, r0, ri0, p.keys);
 
   auto state_of = [&](int64_t k, int64_t r) {
-    return k == 0 ? d0 : row_state(p, r, row_info(p, r));
+    return k == 0 ? d0 : row_state(p, r, row_info(p, r), p.keys);
   };
 
   Range prefix{0, 0};       // sums over all rows before this tile
@@ -498,27 +538,7 @@ __device__ void finalise_tile(const NgramParams& p) {
     const int64_t total = carry_c + pre_c + d.ori;
     const int64_t unproc = U0 - (carry_e + pre_e + d.eligible);
     if (r < B) {
-      const bool affected = d.eligible && (total + unproc >= thr - 1 || total + unproc + d.um > thr);
-      int64_t len = d.ori, m = d.um;
-      if (affected) {
-        const int64_t budget =
-            row_budget(p.max_draft_tokens, d.ori, p.max_dec_len[r], p.step_idx[r]);
-        m = tokens_after_threshold(budget, total, unproc, thr, d.um);
-      }
-      int64_t* row = p.draft_tokens + r * p.width;
-      int64_t last = 0;
-      if (d.eligible && m > 0) {  // um > 0 implies a searchable row with a match
-        const int64_t* src = d.in_gen ? p.pre_ids + r * p.s_pre + d.end + 1
-                                      : p.token_ids_all + r * p.s_all + d.end + 1;
-        last = copy_tokens(row + d.ori, src, m);
-        len += m;
-        p.seq_lens_this_time[r] = static_cast<int32_t>(len);
-      }
-      if (p.pad_to_max && len > 0 && len < p.max_draft_tokens + 1) {  // SPEC §1.4
-        if (m == 0) last = row[len - 1];
-        for (int64_t j = len; j <= p.max_draft_tokens; ++j) row[j] = last;
-        p.seq_lens_this_time[r] = static_cast<int32_t>(p.max_draft_tokens + 1);
-      }
+      finish_row(p, r, d, total, unproc);
       p.keys[2 * r] = 0ull;  // leave the workspace zero for the next call
       p.keys[2 * r + 1] = 0ull;
     }
@@ -551,6 +571,47 @@ __device__ void finalise_tile(const NgramParams& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Fused kernel (grids of at most kFusedMaxUnits units): ONE block of one warp per unit searches
+// with its keys in shared memory, then warp 0 finalises every row (B <= kFusedMaxUnits: lane r
+// owns row r). One barrier replaces the global atomics, the fence, the search-done counter, the
+// finaliser's poll and its key reads (five dependent round trips through L2), and the copy's
+// source is in this SM's L1 (the search just loaded it).
+// ---------------------------------------------------------------------------------------------
+__device__ void finalise_warp(const NgramParams& p, const unsigned long long* keys, int32_t dec) {
+  const int lane = threadIdx.x & 31;
+  const bool live = lane < p.batch;
+  const int64_t r = live ? lane : 0;
+  const int64_t U0 = __popc(__ballot_sync(kFull, live && dec > 0));
+  RowState d{0, 0, 0, false, false};
+  if (live) d = row_state<true>(p, r, row_info(p, r), keys);  // scalars: L1 hits
+  // Inclusive scans of c = ori + um and of eligible over the lanes (rows, in order).
+  const int64_t c = int64_t(d.ori) + d.um, e = d.eligible;
+  int64_t ic = c, ie = e;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int64_t nc = __shfl_up_sync(kFull, ic, o), ne = __shfl_up_sync(kFull, ie, o);
+    if (lane >= o) {
+      ic += nc;
+      ie += ne;
+    }
+  }
+  if (live) finish_row(p, r, d, ic - c + d.ori, U0 - ie);  // T_b, u_b as in finalise_tile
+}
+
+__global__ void __launch_bounds__(32 * kFusedMaxUnits, 1)  // <= 64 registers, as the main kernel
+    hybrid_mtp_ngram_fused_kernel(const NgramParams p) {
+  __shared__ unsigned long long keys[2 * kFusedMaxUnits];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  // U0's inputs, loaded now and used after the search (their latency hides behind it).
+  const int32_t dec = lane < p.batch ? p.seq_lens_decoder[lane] : 0;
+  if (threadIdx.x < 2 * p.batch) keys[threadIdx.x] = 0ull;
+  __syncthreads();
+  search_unit<true>(p, warp, nullptr, keys);
+  __syncthreads();
+  if (warp == 0) finalise_warp(p, keys, dec);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The kernel: blocks [0, search_blocks) search (8 units each), the rest finalise.
 // ---------------------------------------------------------------------------------------------
 __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)  // <= 64 registers: 32 warps per SM
@@ -562,7 +623,7 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)  // <= 64 registers: 32 w
   __shared__ unsigned active[kWarps];
   const int warp = threadIdx.x >> 5;
   if ((threadIdx.x & 31) == 0) active[warp] = 0;
-  search_unit(p, int64_t(blockIdx.x) * kWarps + warp, &active[warp]);
+  search_unit<false>(p, int64_t(blockIdx.x) * kWarps + warp, &active[warp], p.keys);
   __syncthreads();
   if (threadIdx.x == 0) {
     unsigned n = 0;
@@ -577,8 +638,13 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)  // <= 64 registers: 32 w
 }  // namespace
 
 cudaError_t launch_hybrid_mtp_ngram(const NgramParams& p, cudaStream_t stream) {
-  const unsigned grid = static_cast<unsigned>(p.search_blocks + p.final_tiles);
-  hybrid_mtp_ngram_kernel<<<grid, BLOCK, 0, stream>>>(p);
+  if (p.num_units <= kFusedMaxUnits) {  // then B <= kFusedMaxUnits too (a unit per row at least)
+    const unsigned threads = static_cast<unsigned>(32 * p.num_units);
+    hybrid_mtp_ngram_fused_kernel<<<1, threads, 0, stream>>>(p);
+  } else {
+    const unsigned grid = static_cast<unsigned>(p.search_blocks + p.final_tiles);
+    hybrid_mtp_ngram_kernel<<<grid, BLOCK, 0, stream>>>(p);
+  }
   return cudaGetLastError();
 }
 

@@ -6,6 +6,8 @@ Marked ``cuda``: skipped with a reason where there is no GPU or no CUDA build.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -66,6 +68,45 @@ def test_first_tile_probe_edges_match_the_cpu_op(cuda_op, cpu_op, batch, s_all, 
         seed = SEED + 15 + i
         b = probe_edge_batch(torch.Generator().manual_seed(seed), batch, s_all, s_pre)
         assert_same(outputs_of(cpu_op, b), outputs_of(cuda_op, b, "cuda"), f"seed={seed} B={batch}")
+
+
+def _units(batch: int, s_all: int, s_pre: int) -> int:
+    """Search units of the finest split (one 256-token tile each): the kernel's grid at these
+    shapes (NOTES.md, segment sizing); at most 32 runs the fused one-block kernel."""
+    return batch * max(1, -(-s_all // 256) + -(-s_pre // 256))
+
+
+def _wider(b: refimpl.Batch, gen: torch.Generator, extra: int) -> refimpl.Batch:
+    """The same rows in buffers `extra` columns wider: the new columns lie past every prompt and
+    past every step, so they are no haystack, and the answer must not change."""
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        noise = torch.randint(-1, 6, (t.shape[0], extra), generator=gen, dtype=t.dtype)
+        return torch.cat([t, noise], dim=1)
+
+    return dataclasses.replace(
+        b.clone(), token_ids_all=pad(b.token_ids_all), pre_ids=pad(b.pre_ids)
+    )
+
+
+@pytest.mark.parametrize(("batch", "s_all", "s_pre"), [(1, 1000, 250), (1, 1024, 4096),
+                                                       (3, 700, 300), (8, 512, 512), (16, 200, 56)])  # fmt: skip
+def test_fused_grids_match_the_main_kernel_and_the_cpu_op(cuda_op, cpu_op, batch, s_all, s_pre):
+    """Grids of at most 32 units run the fused kernel (one block: keys in shared memory, warp 0
+    finalises); the same rows in buffers 4096 columns wider run the main kernel. Both must give
+    the CPU op's answer."""
+    assert _units(batch, s_all, s_pre) <= 32 < _units(batch, s_all + 4096, s_pre + 4096)
+    seed = SEED + 32 + batch
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(6):
+        b = fixed_shape_batch(gen, batch, s_all, s_pre, k=5, vocab=3 + 40 * (i % 2),
+                              pad_to_max=bool(i % 2))  # fmt: skip
+        want = outputs_of(cpu_op, b)
+        what = f"seed={seed} draw={i} B={batch} {s_all}+{s_pre}"
+        assert_same(want, outputs_of(cuda_op, b, "cuda"), f"{what}: fused kernel")
+        wide = _wider(b, gen, 4096)
+        assert_same(want, outputs_of(cpu_op, wide), f"{what}: CPU op, wider buffers")
+        assert_same(want, outputs_of(cuda_op, wide, "cuda"), f"{what}: main kernel")
 
 
 def _copy_into(static: refimpl.Batch, new: refimpl.Batch) -> None:
