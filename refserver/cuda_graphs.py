@@ -100,14 +100,20 @@ class GraphedPhase:
         self._captured: dict[int, _Captured] = {}
 
     def __call__(self, *inputs: Tensor, **static: Any) -> Any:
+        entry = self.capture(*inputs, **static)
+        for static_input, x in zip(entry.inputs, inputs, strict=True):
+            static_input.copy_(x, non_blocking=True)
+        entry.graph.replay()
+        return entry.outputs
+
+    def capture(self, *inputs: Tensor, **static: Any) -> _Captured:
+        """The bucket of `inputs` and `static`, captured now unless it is already (the engine
+        captures its buckets at start-up, so that no request waits for a capture or compile)."""
         bucket = (inputs[0].shape[0], *sorted(static.items()))
         entry = self._captured.get(bucket)
         if entry is None:
             entry = self._captured[bucket] = self._capture(inputs, static)
-        for static, x in zip(entry.inputs, inputs, strict=True):
-            static.copy_(x, non_blocking=True)
-        entry.graph.replay()
-        return entry.outputs
+        return entry
 
     def _capture(self, inputs: Sequence[Tensor], facts: dict[str, Any]) -> _Captured:
         start = time.perf_counter()

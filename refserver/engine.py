@@ -55,7 +55,7 @@ from refserver.config import DEFAULT_MTP_DRAFT_VOCAB, EngineConfig
 from refserver.cuda_graphs import GraphedPhase, bucket_for, capture_sizes, kv_buckets
 from refserver.drafting import DraftRow, NgramExtender, read_drafts, resolve_impl
 from refserver.metrics import PrometheusCounters, RequestMetrics
-from refserver.model import Transformer, load_model
+from refserver.model import Transformer, host_ints_to, load_model
 from refserver.mtp import DEFAULT_RANK_PATH, MTPDrafter, MTPInput, load_mtp_drafter
 from refserver.sampling import SamplingParams, target_probs, verify_greedy, verify_sampling
 from refserver.tokenizer import IncrementalDecoder, Tokenizer
@@ -199,6 +199,8 @@ class Engine:
             if self.spec.adaptive
             else None
         )
+        if self._verify_graph is not None:
+            self._capture_graphs()
         self.counters = PrometheusCounters(MODEL_NAME, self.K)
         self._stop_ids = sorted(tokenizer.stop_ids)
         self._rng = random.Random(config.seed)
@@ -218,6 +220,40 @@ class Engine:
             self.ngram.impl if self.ngram else "-",
             "on" if self.overlap else "off",
             _graphs_label(self._verify_graph, self._draft_graph, self._buckets),
+        )
+
+    @torch.inference_mode()
+    def _capture_graphs(self) -> None:
+        """Every batch bucket of the graphed phases, captured at start-up for the first cache
+        window (KV_BUCKET_MIN positions: it holds every request of a short prompt), with inputs
+        of exactly the shapes and dtypes a decode step passes, so that no timed step captures
+        (or, at graph_opt_level 2, compiles). Larger windows are captured when a step first
+        reads that far (logged)."""
+        assert self._verify_graph is not None
+        window, T, dev = self._kv_buckets[0], 1 + self.K, self.device
+        started = time.perf_counter()
+        for B in self._buckets:
+            slots = torch.arange(B, device=dev)
+            positions = torch.arange(T, device=dev).repeat(B, 1)
+            tokens = torch.zeros_like(positions)
+            self._verify_graph.capture(tokens, positions, slots, static_kv_len=window)
+            if self._draft_graph is None or self.adaptive is not None:  # adaptive: drafts eagerly
+                continue
+            dtype = self.model.tok_embeddings.weight.dtype  # the hidden states' dtype
+            hidden = torch.zeros(B, T, self.model.config.dim, dtype=dtype, device=dev)
+            last = torch.zeros(B, dtype=torch.int64, device=dev)
+            row_state: tuple[Tensor, ...] = ()
+            if self.ngram is not None:  # rows that do not draft, as a graph's padding rows
+                padding = [DraftRow(slot, 0, 1, 0) for slot in range(B)]
+                row_state = self.ngram.row_state(padding, self.spec.mtp_steps, [False] * B)
+            self._draft_graph.capture(
+                hidden, tokens, positions, last, slots, *row_state, static_kv_len=window
+            )
+        log.info(
+            "cuda graphs captured at start-up for batch buckets %s, cache window %d, in %.1f s",
+            self._buckets,
+            window,
+            time.perf_counter() - started,
         )
 
     # ---------------------------------------------------------------- threading front end
@@ -427,7 +463,7 @@ class Engine:
             positions += range(s.kv_len, s.kv_len + T)
         B = len(batch_slots)
         started = time.perf_counter()
-        inputs = torch.tensor(tokens + positions + batch_slots).to(self.device)  # one copy
+        inputs = host_ints_to(tokens + positions + batch_slots, self.device)  # one copy
         args = inputs[: B * T].view(B, T), inputs[B * T : 2 * B * T].view(B, T), inputs[2 * B * T :]
         if graphed:
             # The smallest captured cache window holding every position this step reads.

@@ -223,6 +223,17 @@ class BatchInfo:
         )
 
 
+def host_ints_to(values: list[int], device: torch.device) -> Tensor:
+    """`values` as an int64 tensor on `device`, in one host-to-device copy that does not wait
+    for the device: on CUDA the values go through pinned memory (torch's host allocator keeps
+    that block until the copy has run), where a copy from pageable memory synchronizes the
+    stream. The engine's per-step input tables all come through here."""
+    table = torch.tensor(values, dtype=torch.int64)
+    if device.type != "cuda":
+        return table.to(device)
+    return table.pin_memory().to(device, non_blocking=True)
+
+
 def _causal_mask(positions: Tensor, kv_len: int, dtype: torch.dtype) -> Tensor:
     """Additive mask [B, 1, T, kv_len]: a query at position p sees cache positions <= p."""
     keys = torch.arange(kv_len, device=positions.device)
