@@ -25,7 +25,9 @@ then had one step computed in vain, which is discarded, so texts and metrics are
 Under `--graph-optimization-config '{"use_cudagraph": true}'` the verify forward (K+1 tokens per
 row) and, with draft_model_use_cudagraph, the MTP draft steps plus the op (`pad_to_max=True`)
 are CUDA graphs replayed per batch bucket (see `cuda_graphs.py`). A graph's batch is a prefix of
-the slots, 0..bucket-1; slots in it without a row compute padding that nothing reads.
+the slots, 0..bucket-1; slots in it without a row compute padding that nothing reads. The
+prefill is a graph too, per captured prompt length (the prompt padded). Every prompt length and
+every batch bucket of the first cache window is captured at start-up.
 
 Requests come from other threads through `submit()`; results go back through each request's
 `sink` callback, called on the engine thread.
