@@ -113,7 +113,7 @@ class GraphedPhase:
         if compile:
             _require_triton()
         self.stream = torch.cuda.Stream(device)
-        self._captured: dict[int, _Captured] = {}
+        self._captured: dict[tuple[Any, ...], _Captured] = {}
 
     def __call__(self, *inputs: Tensor, **static: Any) -> Any:
         entry = self.capture(*inputs, **static)

@@ -237,11 +237,11 @@ class Engine:
 
     @torch.inference_mode()
     def _capture_graphs(self) -> None:
-        """Every batch bucket of the graphed phases, captured at start-up for the first cache
-        window (KV_BUCKET_MIN positions: it holds every request of a short prompt), with inputs
-        of exactly the shapes and dtypes a decode step passes, so that no timed step captures
-        (or, at graph_opt_level 2, compiles). Larger windows are captured when a step first
-        reads that far (logged)."""
+        """At start-up: the prefill graph of every captured prompt length, and every batch
+        bucket of the decode graphs for the first cache window (KV_BUCKET_MIN positions: it
+        holds every request of a short prompt), with inputs of exactly the shapes and dtypes
+        the steps pass, so that no timed step captures (or, at graph_opt_level 2, compiles).
+        Larger decode windows are captured when a step first reads that far (logged)."""
         assert self._verify_graph is not None and self._prefill_graph is not None
         window, T, dev = self._kv_buckets[0], 1 + self.K, self.device
         started = time.perf_counter()
