@@ -57,6 +57,22 @@ def kv_buckets(max_len: int) -> list[int]:
     return [*sizes, max_len]
 
 
+PREFILL_MIN = 64  # the shortest captured prompt length
+
+
+def prefill_lengths(kv_windows: Sequence[int]) -> list[int]:
+    """The prompt lengths a prefill graph is captured for: 64, 128, ... below the first cache
+    window, then the cache windows themselves (a prompt is padded to the smallest that holds
+    it). An eager prefill launches the ~1,700 kernels of a forward one by one: ~18 ms of host
+    time on an H200, as much as a whole request's decode steps at concurrency 8."""
+    lengths = []
+    n = PREFILL_MIN
+    while n < kv_windows[0]:
+        lengths.append(n)
+        n *= 2
+    return [*lengths, *kv_windows]
+
+
 def bucket_for(buckets: Sequence[int], needed: int) -> int:
     """The smallest of `buckets` (ascending) >= `needed`."""
     for b in buckets:
@@ -81,9 +97,9 @@ class _Captured:
 
 
 class GraphedPhase:
-    """`fn` captured on first use of each bucket, then replayed. A bucket is the batch size of
-    the first input together with the keyword arguments (static facts such as the cache window,
-    `static_kv_len`), which are passed to `fn` as they are."""
+    """`fn` captured on first use of each bucket, then replayed. A bucket is the shape of the
+    first input (batch size, tokens per row) together with the keyword arguments (static facts
+    such as the cache window, `static_kv_len`), which are passed to `fn` as they are."""
 
     def __init__(
         self,
@@ -97,17 +113,23 @@ class GraphedPhase:
         if compile:
             _require_triton()
         self.stream = torch.cuda.Stream(device)
-        self._captured: dict[int, _Captured] = {}
+        self._captured: dict[tuple[Any, ...], _Captured] = {}
 
     def __call__(self, *inputs: Tensor, **static: Any) -> Any:
-        bucket = (inputs[0].shape[0], *sorted(static.items()))
+        entry = self.capture(*inputs, **static)
+        for static_input, x in zip(entry.inputs, inputs, strict=True):
+            static_input.copy_(x, non_blocking=True)
+        entry.graph.replay()
+        return entry.outputs
+
+    def capture(self, *inputs: Tensor, **static: Any) -> _Captured:
+        """The bucket of `inputs` and `static`, captured now unless it is already (the engine
+        captures its buckets at start-up, so that no request waits for a capture or compile)."""
+        bucket = (tuple(inputs[0].shape), *sorted(static.items()))
         entry = self._captured.get(bucket)
         if entry is None:
             entry = self._captured[bucket] = self._capture(inputs, static)
-        for static, x in zip(entry.inputs, inputs, strict=True):
-            static.copy_(x, non_blocking=True)
-        entry.graph.replay()
-        return entry.outputs
+        return entry
 
     def _capture(self, inputs: Sequence[Tensor], facts: dict[str, Any]) -> _Captured:
         start = time.perf_counter()
@@ -124,9 +146,9 @@ class GraphedPhase:
             outputs = fn(*static)
         current.wait_stream(self.stream)
         log.info(
-            "cuda graph %s captured for batch %d%s in %.0f ms%s",
+            "cuda graph %s captured for inputs %s%s in %.0f ms%s",
             self.name,
-            inputs[0].shape[0],
+            list(inputs[0].shape),
             "".join(f", {k}={v}" for k, v in facts.items()),
             1e3 * (time.perf_counter() - start),
             " (torch.compile'd first, inductor; compile time included)" if self.compiled else "",

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from refserver.model import host_ints_to
+
 log = logging.getLogger(__name__)
 
 HybridFn = Callable[..., None]
@@ -88,7 +90,7 @@ class NgramExtender:
 
     def admit(self, slot: int, prompt: Sequence[int], max_tokens: int) -> None:
         """A new request in `slot`: its prompt, once (the step's one copy of a whole row)."""
-        self.token_ids_all[slot, : len(prompt)] = torch.tensor(prompt, dtype=torch.int64)
+        self.token_ids_all[slot, : len(prompt)] = host_ints_to(list(prompt), self.device)
         self.prompt_lens[slot] = len(prompt)
         self.max_dec_len[slot] = max_tokens
         self._pending = [p for p in self._pending if p[0] != slot]
@@ -107,7 +109,7 @@ class NgramExtender:
             rows += [slot] * len(tokens)
             cols += range(start, start + len(tokens))
             values += tokens
-        index = torch.tensor([rows, cols, values], dtype=torch.int64).to(self.device)
+        index = host_ints_to(rows + cols + values, self.device).view(3, -1)
         self.pre_ids[index[0], index[1]] = index[2]
         self._pending = []
 
@@ -117,18 +119,15 @@ class NgramExtender:
         """The per-row facts `run` takes, on the op's device in one copy: slots, last tokens,
         step_idx, KV lengths and whether each row drafts (a CUDA graph's padding rows do not)."""
         num_mtp = [num_mtp_drafts if r.num_mtp is None else r.num_mtp for r in rows]
-        table = torch.tensor(
-            [
-                [r.slot for r in rows],
-                [r.last_token for r in rows],
-                [r.num_generated + n - 1 for r, n in zip(rows, num_mtp, strict=True)],  # step_idx
-                [r.kv_len for r in rows],
-                [1] * len(rows) if active is None else [int(a) for a in active],
-                num_mtp,
-            ],
-            dtype=torch.int64,
-        )
-        return tuple(table.to(self.device))
+        table = [
+            *(r.slot for r in rows),
+            *(r.last_token for r in rows),
+            *(r.num_generated + n - 1 for r, n in zip(rows, num_mtp, strict=True)),  # step_idx
+            *(r.kv_len for r in rows),
+            *([1] * len(rows) if active is None else [int(a) for a in active]),
+            *num_mtp,
+        ]
+        return tuple(host_ints_to(table, self.device).view(6, len(rows)))
 
     def run(
         self,

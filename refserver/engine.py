@@ -25,7 +25,9 @@ then had one step computed in vain, which is discarded, so texts and metrics are
 Under `--graph-optimization-config '{"use_cudagraph": true}'` the verify forward (K+1 tokens per
 row) and, with draft_model_use_cudagraph, the MTP draft steps plus the op (`pad_to_max=True`)
 are CUDA graphs replayed per batch bucket (see `cuda_graphs.py`). A graph's batch is a prefix of
-the slots, 0..bucket-1; slots in it without a row compute padding that nothing reads.
+the slots, 0..bucket-1; slots in it without a row compute padding that nothing reads. The
+prefill is a graph too, per captured prompt length (the prompt padded). Every prompt length and
+every batch bucket of the first cache window is captured at start-up.
 
 Requests come from other threads through `submit()`; results go back through each request's
 `sink` callback, called on the engine thread.
@@ -52,10 +54,16 @@ from torch import Tensor
 
 from refserver.adaptive import AdaptivePolicy, Plan, RequestState
 from refserver.config import DEFAULT_MTP_DRAFT_VOCAB, EngineConfig
-from refserver.cuda_graphs import GraphedPhase, bucket_for, capture_sizes, kv_buckets
+from refserver.cuda_graphs import (
+    GraphedPhase,
+    bucket_for,
+    capture_sizes,
+    kv_buckets,
+    prefill_lengths,
+)
 from refserver.drafting import DraftRow, NgramExtender, read_drafts, resolve_impl
 from refserver.metrics import PrometheusCounters, RequestMetrics
-from refserver.model import Transformer, load_model
+from refserver.model import Transformer, host_ints_to, load_model
 from refserver.mtp import DEFAULT_RANK_PATH, MTPDrafter, MTPInput, load_mtp_drafter
 from refserver.sampling import SamplingParams, target_probs, verify_greedy, verify_sampling
 from refserver.tokenizer import IncrementalDecoder, Tokenizer
@@ -182,14 +190,19 @@ class Engine:
         self._pending: list[_PendingOutput] = []
         self._buckets = capture_sizes(config.max_num_seqs, graphs.cudagraph_capture_sizes)
         self._kv_buckets = kv_buckets(self.cache.max_len)  # cache windows a graph reads
+        self._prefill_lengths = prefill_lengths(self._kv_buckets)
         self._verify_graph: GraphedPhase | None = None
         self._draft_graph: GraphedPhase | None = None
+        self._prefill_graph: GraphedPhase | None = None
         if graphs.use_cudagraph:
             pool = torch.cuda.graph_pool_handle() if graphs.use_unique_memory_pool else None
             compile_ = graphs.graph_opt_level == 2
             self._verify_graph = GraphedPhase(
                 "verify", self._verify_batch, self.device, pool, compile_
             )
+            # Not compiled at graph_opt_level 2: a prefill is once per request, and its seven
+            # lengths would add seven compiles to the start-up.
+            self._prefill_graph = GraphedPhase("prefill", self._prefill_forward, self.device, pool)
             if graphs.draft_model_use_cudagraph and self.mtp is not None:
                 self._draft_graph = GraphedPhase(
                     "draft", self._draft_batch, self.device, pool, compile_
@@ -199,6 +212,8 @@ class Engine:
             if self.spec.adaptive
             else None
         )
+        if self._verify_graph is not None:
+            self._capture_graphs()
         self.counters = PrometheusCounters(MODEL_NAME, self.K)
         self._stop_ids = sorted(tokenizer.stop_ids)
         self._rng = random.Random(config.seed)
@@ -218,6 +233,53 @@ class Engine:
             self.ngram.impl if self.ngram else "-",
             "on" if self.overlap else "off",
             _graphs_label(self._verify_graph, self._draft_graph, self._buckets),
+        )
+
+    @torch.inference_mode()
+    def _capture_graphs(self) -> None:
+        """At start-up: the prefill graph of every captured prompt length, and every batch
+        bucket of the decode graphs for the first cache window (KV_BUCKET_MIN positions: it
+        holds every request of a short prompt), with inputs of exactly the shapes and dtypes
+        the steps pass, so that no timed step captures (or, at graph_opt_level 2, compiles).
+        Larger decode windows are captured when a step first reads that far (logged)."""
+        assert self._verify_graph is not None and self._prefill_graph is not None
+        window, T, dev = self._kv_buckets[0], 1 + self.K, self.device
+        started = time.perf_counter()
+        for n in self._prefill_lengths:
+            zeros = torch.zeros((1, n), dtype=torch.int64, device=dev)
+            positions = torch.arange(n, device=dev)[None]
+            self._prefill_graph.capture(
+                zeros,
+                positions,
+                zeros[0, :1],
+                zeros[0, :1],
+                static_kv_len=bucket_for(self._kv_buckets, n),
+            )
+        for B in self._buckets:
+            slots = torch.arange(B, device=dev)
+            positions = torch.arange(T, device=dev).repeat(B, 1)
+            tokens = torch.zeros_like(positions)
+            self._verify_graph.capture(tokens, positions, slots, static_kv_len=window)
+            if self._draft_graph is None or self.adaptive is not None:  # adaptive: drafts eagerly
+                continue
+            dtype = self.model.tok_embeddings.weight.dtype  # the hidden states' dtype
+            hidden = torch.zeros(B, T, self.model.config.dim, dtype=dtype, device=dev)
+            last = torch.zeros(B, dtype=torch.int64, device=dev)
+            row_state: tuple[Tensor, ...] = ()
+            if self.ngram is not None:  # rows that do not draft, as a graph's padding rows
+                padding = [DraftRow(slot, 0, 1, 0) for slot in range(B)]
+                row_state = self.ngram.row_state(padding, self.spec.mtp_steps, [False] * B)
+            self._draft_graph.capture(
+                hidden, tokens, positions, last, slots, *row_state, static_kv_len=window
+            )
+        log.info(
+            "cuda graphs captured at start-up: prefill lengths %s; verify%s for batch buckets "
+            "%s, cache window %d; in %.1f s",
+            self._prefill_lengths,
+            " and draft" if self._draft_graph is not None and self.adaptive is None else "",
+            self._buckets,
+            window,
+            time.perf_counter() - started,
         )
 
     # ---------------------------------------------------------------- threading front end
@@ -335,19 +397,43 @@ class Engine:
                 admitted.append(item)
 
     def _prefill(self, seq: _Sequence) -> tuple[_Sequence, MTPInput] | None:
+        """The prompt's forward and first token. Under use_cudagraph the prompt is padded to a
+        captured length (`cuda_graphs.prefill_lengths`) and replayed: the padding writes KV
+        past the prompt, which no query reads before the next steps overwrite it."""
         ids = seq.req.prompt_ids
-        tokens = torch.tensor([ids], device=self.device)
-        positions = torch.arange(len(ids), device=self.device)[None]
-        slots = torch.tensor([seq.slot], device=self.device)
-        hidden = self.model(tokens, positions, self.cache, slots)
-        logits = self.model.logits(hidden[:, -1:])[0]  # [1, V]
-        seq.kv_len = len(ids)
-        self.counters.record_tokens(prompt=len(ids))
+        n = len(ids)
+        graph = self._prefill_graph
+        T = n if graph is None else bucket_for(self._prefill_lengths, n)
+        table = host_ints_to([*ids, *[0] * (T - n), *range(T), seq.slot, n - 1], self.device)
+        args = table[:T][None], table[T : 2 * T][None], table[2 * T : 2 * T + 1], table[-1:]
+        if graph is None:
+            hidden, logits = self._prefill_forward(*args)
+        else:
+            window = bucket_for(self._kv_buckets, T)
+            hidden, logits = graph(*args, static_kv_len=window)
+        hidden = hidden[0, :n].clone()  # a graph's output is overwritten by its next replay
+        seq.kv_len = n
+        self.counters.record_tokens(prompt=n)
         _, emitted = self._accept(seq, logits, [])
         self._take(seq, emitted, logits, num_drafts=0)
         if seq.done or seq.finished:
             return None
-        return seq, MTPInput(seq.slot, hidden[0], [*ids[1:], seq.last_token], 0)
+        return seq, MTPInput(seq.slot, hidden, [*ids[1:], seq.last_token], 0)
+
+    def _prefill_forward(
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        slots: Tensor,
+        last: Tensor,
+        static_kv_len: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The prefill graph's phase: (hidden [1, T, d], float32 logits [1, V] at the prompt's
+        last position `last` [1])."""
+        hidden = self.model(
+            tokens, positions, self.cache, slots, static_kv_len=static_kv_len, prefix_slots=False
+        )
+        return hidden, self.model.logits(hidden[0, last])
 
     def _fail(self, req: Request, exc: Exception, slot: int | None) -> None:
         """End one request with an error response and free its slot; no other row is touched."""
@@ -427,7 +513,7 @@ class Engine:
             positions += range(s.kv_len, s.kv_len + T)
         B = len(batch_slots)
         started = time.perf_counter()
-        inputs = torch.tensor(tokens + positions + batch_slots).to(self.device)  # one copy
+        inputs = host_ints_to(tokens + positions + batch_slots, self.device)  # one copy
         args = inputs[: B * T].view(B, T), inputs[B * T : 2 * B * T].view(B, T), inputs[2 * B * T :]
         if graphed:
             # The smallest captured cache window holding every position this step reads.

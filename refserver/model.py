@@ -187,17 +187,20 @@ class BatchInfo:
         cfg: ModelConfig,
         dtype: torch.dtype = torch.float32,
         static_kv_len: int | None = None,
+        prefix_slots: bool = True,
     ) -> BatchInfo:
         """`dtype`: the attention's compute dtype (SDPA wants the mask in the query's dtype).
 
         `static_kv_len`: for a CUDA graph, facts fixed in advance instead of read from the
-        device: every query reads `static_kv_len` cache positions through the mask, and the
-        caller guarantees slots == [0, 1, ..., B-1] (a graph's batch is a prefix of the slots).
+        device: every query reads `static_kv_len` cache positions through the mask, and with
+        `prefix_slots` the caller guarantees slots == [0, 1, ..., B-1] (a decode graph's batch
+        is a prefix of the slots); without, the cache is read through `slots` (a prefill
+        graph's one row is in any slot).
         """
         if static_kv_len is not None:
             return BatchInfo(
                 kv_len=static_kv_len,
-                first_slot=0,
+                first_slot=0 if prefix_slots else None,
                 start=None,
                 rotation=rope_rotation(positions, cfg),
                 mask=_causal_mask(positions, static_kv_len, dtype),
@@ -222,6 +225,17 @@ class BatchInfo:
             rotation=rope_rotation(positions, cfg),
             mask=mask,
         )
+
+
+def host_ints_to(values: list[int], device: torch.device) -> Tensor:
+    """`values` as an int64 tensor on `device`, in one host-to-device copy that does not wait
+    for the device: on CUDA the values go through pinned memory (torch's host allocator keeps
+    that block until the copy has run), where a copy from pageable memory synchronizes the
+    stream. The engine's per-step input tables all come through here."""
+    table = torch.tensor(values, dtype=torch.int64)
+    if device.type != "cuda":
+        return table.to(device)
+    return table.pin_memory().to(device, non_blocking=True)
 
 
 def _causal_mask(positions: Tensor, kv_len: int, dtype: torch.dtype) -> Tensor:
@@ -628,16 +642,17 @@ class Transformer(nn.Module):
         cache: KVCache,
         slots: Tensor,
         static_kv_len: int | None = None,
+        prefix_slots: bool = True,
     ) -> Tensor:
         """Run tokens [B, T] at positions [B, T] for the rows' slots [B].
 
         Returns `hidden` [B, T, d]: the last layer's output BEFORE the final RMSNorm (what an
         MTP head consumes, DeepSeek-V3 style). Get logits with `self.logits(hidden)`, which
         applies the final norm and the tied output head. `static_kv_len`: no host sync, for a
-        CUDA graph (see `BatchInfo.of`).
+        CUDA graph (see `BatchInfo.of`, also for `prefix_slots`).
         """
         x = self.tok_embeddings(tokens)
-        batch = BatchInfo.of(positions, slots, self.config, x.dtype, static_kv_len)
+        batch = BatchInfo.of(positions, slots, self.config, x.dtype, static_kv_len, prefix_slots)
         if batch.kv_len > cache.max_len:
             raise ValueError(f"position {batch.kv_len - 1} >= KV cache max_len {cache.max_len}")
         for i, layer in enumerate(self.layers):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from refserver.model import Transformer, freeze_linears_
+from refserver.model import Transformer, freeze_linears_, host_ints_to
 
 log = logging.getLogger(__name__)
 
@@ -105,30 +105,38 @@ class MTPDrafter:
         by_slot = {x.slot: x for x in rows}
         device = rows[0].hidden.device
         d = rows[0].hidden.shape[-1]
-        hidden, tokens, positions, last = [], [], [], []
+        # Every row's hidden states in one gather from their concatenation (row x's pair i is
+        # at offset[x.slot] + i); a slot without a row reads the zero row appended last.
+        pairs = torch.cat([x.hidden for x in rows] + [rows[0].hidden.new_zeros(1, d)])
+        sizes = [len(x.next_tokens) for x in rows]
+        offset = dict(zip(by_slot, itertools.accumulate([0, *sizes]), strict=False))
+        zero_row = sum(sizes)
+        gather: list[int] = []
+        tokens: list[int] = []
+        positions: list[int] = []
+        last: list[int] = []
         for slot in slots:
             x = by_slot.get(slot)
             if x is None:
-                hidden.append(rows[0].hidden.new_zeros(width, d))
-                tokens.append([0] * width)
-                positions.append(list(range(width)))
+                gather += [zero_row] * width
+                tokens += [0] * width
+                positions += range(width)
                 last.append(0)
                 continue
             m = len(x.next_tokens)
             idx = list(range(m)) + [m - 1] * (width - m)
-            hidden.append(x.hidden if m == width else x.hidden[idx])
-            tokens.append([x.next_tokens[i] for i in idx])
-            positions.append([x.start + i for i in idx])
+            gather += [offset[slot] + i for i in idx]
+            tokens += [x.next_tokens[i] for i in idx]
+            positions += [x.start + i for i in idx]
             last.append(m - 1)
         B, W = len(slots), width
-        flat = [t for row in tokens for t in row] + [p for row in positions for p in row]
-        host = torch.tensor(flat + last + list(slots), dtype=torch.int64).to(device)  # one copy
+        host = host_ints_to(gather + tokens + positions + last + list(slots), device)  # one copy
         return (
-            torch.stack(hidden),
-            host[: B * W].view(B, W),
+            pairs[host[: B * W]].view(B, W, d),
             host[B * W : 2 * B * W].view(B, W),
-            host[2 * B * W : 2 * B * W + B],
-            host[2 * B * W + B :],
+            host[2 * B * W : 3 * B * W].view(B, W),
+            host[3 * B * W : 3 * B * W + B],
+            host[3 * B * W + B :],
         )
 
     def draft_batch(

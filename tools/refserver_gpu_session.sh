@@ -13,6 +13,8 @@
 #              and overlap + CUDA graphs with graph_opt_level 2 (torch.compile'd blocks)
 #   profile    the host share per decode step for each mode of PROFILE_MODES (default "graphs
 #              compile"; "eager" runs past its stage timeout under the profiler)
+#   hostcost   benchmarks/host_cost.py --device cuda: host ms per decode step and per row apart
+#              from the graph replays, torch ops per step outside them, prompt work per request
 #   stepprofile  benchmarks/gpu_step_profile.py on the GGUF: GPU time and kernels per graphed
 #              phase (verify T=1, T=6, draft) at the 256-position cache window
 # Moving the GGUF there (98 MB, over one call's 64 MiB): once, a 53 MB part in one call failed
@@ -112,6 +114,12 @@ if has profile; then
     done
   done
   cat "$OUT/profile.log" | tee -a "$OUT/summary.txt"
+fi
+if has hostcost; then
+  log "host cost per decode step apart from the graph replays (host_cost, float32, 8 held-out prompts x 64 tokens)"
+  timeout 200 python3 -m benchmarks.host_cost --device cuda --spec none --spec hybrid53 \
+    --concurrency 1 8 > "$OUT/host_cost.log" 2>&1
+  echo "rc=$?" | tee -a "$OUT/summary.txt"; grep "^|" "$OUT/host_cost.log" | tee -a "$OUT/summary.txt"
 fi
 if has stepprofile; then
   log "GPU time per graphed phase, kernel by kernel (gpu_step_profile, GGUF weights, window 256)"

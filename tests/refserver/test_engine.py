@@ -380,6 +380,80 @@ def test_graph_path_cache_windows_change_no_text(model_and_tokenizer, chat_promp
         assert {KV_BUCKET_MIN, 2 * KV_BUCKET_MIN} <= windows, phase.calls
 
 
+class _CaptureRecorder:
+    """Stands in for `cuda_graphs.GraphedPhase` on CPU (a fake: nothing can be captured there).
+    `capture` records each bucket with its inputs' shapes and dtypes, as a capture fixes them;
+    a call checks that a captured bucket gets inputs of exactly those (a replay copies into the
+    captured inputs) and counts the calls of buckets never captured. Both call the phase
+    function directly."""
+
+    compiled = False
+
+    def __init__(self, fn) -> None:
+        self.fn, self.captured, self.calls = fn, {}, collections.Counter()
+        self.lazy: list[tuple] = []
+
+    @staticmethod
+    def _bucket(inputs, static) -> tuple:
+        return (tuple(inputs[0].shape), *sorted(static.items()))
+
+    def capture(self, *inputs, **static):
+        key = self._bucket(inputs, static)
+        self.captured.setdefault(key, [(tuple(x.shape), x.dtype) for x in inputs])
+        return self.fn(*inputs, **static)
+
+    def __call__(self, *inputs, **static):
+        key = self._bucket(inputs, static)
+        if key not in self.captured:
+            self.lazy.append(key)
+        else:
+            assert self.captured[key] == [(tuple(x.shape), x.dtype) for x in inputs], key
+        self.calls[key] += 1
+        return self.fn(*inputs, **static)
+
+
+@pytest.mark.parametrize("spec", [None, HYBRID], ids=["none", "hybrid"])
+def test_graph_buckets_are_captured_at_startup(model_and_tokenizer, chat_prompts, spec):
+    """Under use_cudagraph the prefill of every captured prompt length and every batch bucket
+    of the decode phases (first cache window) are captured when the engine starts, with inputs
+    of the shapes and dtypes the steps then pass: a run whose batches shrink as requests end
+    captures nothing more, and its texts (prompts padded to a captured length, rows padded to
+    K+1 tokens) are the eager path's (CPU, phases called directly)."""
+    from refserver.cuda_graphs import KV_BUCKET_MIN
+
+    requests = [
+        (p, SamplingParams(max_tokens=n, temperature=0))
+        for p, n in zip([*chat_prompts, chat_prompts[0]], [18, 14, 10, 6], strict=True)
+    ]
+    kw = dict(max_num_seqs=4, max_model_len=300, enable_overlap_schedule=True)
+    eager = _run_each(make_engine(model_and_tokenizer, spec, **kw), requests)
+    engine = make_engine(model_and_tokenizer, spec, **kw)
+    engine._verify_graph = _CaptureRecorder(engine._verify_batch)
+    engine._prefill_graph = _CaptureRecorder(engine._prefill_forward)
+    decode = [engine._verify_graph]
+    if engine.mtp is not None:
+        engine._draft_graph = _CaptureRecorder(engine._draft_batch)
+        engine.ngram.pad_to_max = True  # as under use_cudagraph (SPEC §1.4)
+        decode.append(engine._draft_graph)
+    engine._capture_graphs()
+    assert engine._prefill_lengths == [64, 128, 256, 300 + engine.K + 2]
+    assert {shape for shape, _ in engine._prefill_graph.captured} == {
+        (1, n) for n in engine._prefill_lengths
+    }
+    for phase in decode:
+        assert {shape[0] for shape, _ in phase.captured} == {1, 2, 4}
+        assert {window for _, window in phase.captured} == {("static_kv_len", KV_BUCKET_MIN)}
+    graphed = _run_each(engine, requests)
+    assert [r.text for r in graphed] == [r.text for r in eager]
+    if spec is None:  # no drafts: nothing pad_to_max could change in the metrics
+        assert [r.metrics for r in graphed] == [r.metrics for r in eager]
+    for phase in [engine._prefill_graph, *decode]:
+        assert phase.lazy == [], phase.lazy
+    assert sum(engine._prefill_graph.calls.values()) == len(requests)
+    for phase in decode:
+        assert len({shape[0] for shape, _ in phase.calls}) >= 2, phase.calls  # buckets switched
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize(
     ("draft_graph", "opt_level"),

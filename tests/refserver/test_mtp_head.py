@@ -294,3 +294,28 @@ def test_training_pipeline_reduces_loss_on_tiny_target(tiny):
     forced, forced_agree = evaluate_loss(head, target, val_data, replace(cfg, rows_per_batch=64))
     assert forced == pytest.approx(after, rel=1e-5)  # token-weighted, batch-size independent
     assert abs(acc.accept_rate[0] - forced_agree[0]) < 0.05, (acc, forced_agree)
+
+
+def test_drafter_batch_lays_out_rows_by_slot(tiny):
+    """`MTPDrafter.batch` (one gather for every row's hidden states): each row lands in the row
+    of its slot, a shorter row repeats its last pair up to `width`, a slot without a row gets
+    zeros at positions 0.., and the ints are what the head's fill reads."""
+    from refserver.mtp import MTPDrafter, MTPInput
+
+    _, head = tiny
+    torch.manual_seed(SEED)
+    drafter = MTPDrafter(head, max_slots=4, max_len=64)
+    d = TINY.dim
+    rows = [
+        MTPInput(slot=2, hidden=torch.randn(3, d), next_tokens=[5, 6, 7], start=10),
+        MTPInput(slot=0, hidden=torch.randn(1, d), next_tokens=[9], start=4),
+    ]
+    hidden, tokens, positions, last, slots = drafter.batch(rows, [0, 1, 2, 3], width=4)
+    assert hidden.shape == (4, 4, d) and tokens.shape == positions.shape == (4, 4)
+    assert torch.equal(hidden[2], rows[0].hidden[[0, 1, 2, 2]])
+    assert torch.equal(hidden[0], rows[1].hidden[[0, 0, 0, 0]])
+    assert torch.equal(hidden[1], torch.zeros(4, d)) and torch.equal(hidden[3], torch.zeros(4, d))
+    assert tokens.tolist() == [[9, 9, 9, 9], [0, 0, 0, 0], [5, 6, 7, 7], [0, 0, 0, 0]]
+    assert positions.tolist() == [[4, 4, 4, 4], [0, 1, 2, 3], [10, 11, 12, 12], [0, 1, 2, 3]]
+    assert last.tolist() == [0, 0, 2, 0] and slots.tolist() == [0, 1, 2, 3]
+    assert tokens.dtype == positions.dtype == last.dtype == slots.dtype == torch.int64
