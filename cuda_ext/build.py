@@ -8,7 +8,8 @@ Two shared libraries, loaded with ``torch.ops.load_library``:
   where torch has CUDA and ``nvcc`` is found; sm_90 by default (``TORCH_CUDA_ARCH_LIST``
   overrides).
 
-The build directory is ``$SPECGATE_BUILD_DIR`` or ``~/.cache/specgate/ops/<torch version>``;
+The build directory is ``$SPECGATE_BUILD_DIR`` or ``~/.cache/specgate/ops/``, one folder per torch
+version, Python, library and installed copy of specgate (``build_dir``);
 ninja rebuilds only what changed, so after the first build a load takes well under a second.
 Prebuild with ``python -m cuda_ext.build``.
 
@@ -19,6 +20,7 @@ for (importing ``cuda_ext``, the kernel suite's default, refserver's ``auto``); 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -76,9 +78,16 @@ def _enforce(kind: str, result: BuildResult) -> BuildResult:
 
 
 def build_dir(kind: str) -> Path:
-    """Per-torch-version cache folder, so a torch upgrade never loads a stale library."""
+    """Cache folder per torch version, Python, library kind and installed copy of specgate.
+
+    The torch version, so a torch upgrade never loads a stale library. The copy (a hash of the
+    folder holding cuda_ext), so two checkouts, or a wheel install beside a checkout, never
+    build over each other's library: ninja would rebuild for each in turn, and a process could
+    load the other copy's build between its own build and its load.
+    """
     root = os.environ.get("SPECGATE_BUILD_DIR") or str(Path.home() / ".cache" / "specgate" / "ops")
-    tag = f"{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{kind}"
+    copy = hashlib.sha1(str(CSRC.parent.parent).encode()).hexdigest()[:8]
+    tag = f"{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{kind}-{copy}"
     path = Path(root) / tag.replace("+", "_")
     path.mkdir(parents=True, exist_ok=True)
     return path

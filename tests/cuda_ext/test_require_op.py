@@ -106,3 +106,16 @@ def test_specgate_run_kernel_step_fails_when_the_suite_cannot_run(
     out, err = capfd.readouterr()
     assert "kernel conformance: FAILED (exit 1)" in out
     assert SIMULATED in err
+
+
+def test_build_folder_is_per_installed_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Two copies of specgate (two checkouts, or a wheel beside a checkout) never share a build
+    folder, so neither loads the other's library; the same copy always gets the same folder."""
+    from cuda_ext import build
+
+    monkeypatch.setenv("SPECGATE_BUILD_DIR", str(tmp_path))
+    here = build.build_dir("cpu")
+    assert build.build_dir("cpu") == here and here.parent == tmp_path
+    monkeypatch.setattr(build, "CSRC", tmp_path / "other-checkout" / "cuda_ext" / "csrc")
+    assert build.build_dir("cpu") != here
+    assert build.build_dir("cpu").name.startswith(here.name.rsplit("-", 1)[0])
