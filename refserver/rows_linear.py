@@ -24,6 +24,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
+LIBRARY, SOURCES = "refserver-cpu", ["rows_linear.cpp"]  # its build folder / library, sources
 K_MULTIPLE = 16  # the kernel's step over K
 MAX_ROWS = 32  # above this oneDNN's blocked GEMM is faster (prefill): see benchmarks/verify_cost
 
@@ -33,14 +34,19 @@ def unavailable_reason() -> str | None:
     """None when the kernel is built, loaded and this CPU has AVX2 + FMA; else the reason."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"not an x86-64 CPU ({platform.machine()})"
-    from cuda_ext import build
-
-    result = build.ensure_cpu_library("refserver-cpu", CSRC, ["rows_linear.cpp"])
+    result = build_library()
     if not result.ok:
         return result.detail
     if not torch.ops.refserver.rows_linear_supported():
         return "this CPU lacks AVX2 or FMA"
     return None
+
+
+def build_library():
+    """Build/load the kernel's library once per process (`cuda_ext.build.BuildResult`)."""
+    from cuda_ext import build
+
+    return build.ensure_cpu_library(LIBRARY, CSRC, SOURCES)
 
 
 def fits(weight: Tensor) -> bool:
@@ -55,7 +61,9 @@ def fits(weight: Tensor) -> bool:
 
 
 def rows_linear(x: Tensor, weight: Tensor) -> Tensor:
-    """x [..., K] @ weight.T -> [..., N], float32 on CPU (see the module docstring)."""
+    """x [..., K] @ weight.T -> [..., N], float32 on CPU (see the module docstring), with the
+    arguments checked here first. `refserver.model.Linear` calls the op directly: it checked
+    its weight once (`fits`), and the op's own checks still stand behind it."""
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise TypeError(f"rows_linear: x must be float32 on CPU, got {x.dtype} on {x.device}")
     if not fits(weight):

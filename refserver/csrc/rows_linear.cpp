@@ -26,6 +26,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -86,11 +87,10 @@ __attribute__((target("avx2,fma"))) void tile(const float* x, const float* w, co
 template <int RW, int TC>
 void rows_pass(const float* x, const float* w, int64_t N, int64_t K, float* y, int64_t n0,
                int64_t n1) {
-  const float* prefetch_end = w + (N - RW) * K;  // last tile start that may be prefetched
   int64_t n = n0;
   for (; n + RW <= n1; n += RW) {
-    const float* pf = w + (n + kPrefetchRows) * K;
-    tile<RW, TC>(x, w + n * K, pf <= prefetch_end ? pf : nullptr, K, y + n, N);
+    const int64_t ahead = n + kPrefetchRows;  // prefetched only while those rows exist
+    tile<RW, TC>(x, w + n * K, ahead + RW <= N ? w + ahead * K : nullptr, K, y + n, N);
   }
   for (; n < n1; ++n) tile<1, TC>(x, w + n * K, nullptr, K, y + n, N);
 }

@@ -12,7 +12,6 @@ import random
 import pytest
 import torch
 
-from cuda_ext import build
 from refserver import rows_linear as rl
 
 SEED = 20261201
@@ -23,7 +22,7 @@ def _kernel_runs_here():
     reason = rl.unavailable_reason()
     if reason is None:
         return
-    result = build.ensure_cpu_library("refserver-cpu", rl.CSRC, ["rows_linear.cpp"])
+    result = rl.build_library()
     if not result.ok and "no C++ compiler" not in result.detail:
         pytest.fail(f"refserver's rows kernel did not build: {result.detail}")
     pytest.skip(f"refserver's rows kernel cannot run here: {reason}")
