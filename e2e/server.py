@@ -319,7 +319,9 @@ def _terminate_tree(proc: subprocess.Popen[bytes], grace_s: float) -> int | None
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
     for p in targets.values():  # descendants that escaped the group with their own setsid()
-        with contextlib.suppress(psutil.Error):
+        # ProcessLookupError: it exited (and was reaped) since the snapshot, e.g. a vLLM worker
+        # its parent reaped right after the group's SIGTERM; nothing is left to stop.
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
             if os.getpgid(p.pid) != pgid:
                 p.terminate()
     gone, alive = psutil.wait_procs(list(targets.values()), timeout=grace_s)

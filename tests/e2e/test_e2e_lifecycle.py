@@ -217,3 +217,36 @@ def test_stale_port_claim_of_a_dead_process_is_reclaimed() -> None:
     (_LOCK_DIR / str(port)).write_text(str(dead.pid))
     assert ports_module._claim(port)
     release_port(port)
+
+
+def test_teardown_survives_a_descendant_that_exits_during_it(
+    tmp_path: Path, marker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real server with a child; the child's exit in the instant between teardown's process
+    snapshot and its process-group lookup (seen in CI: vLLM's worker, reaped by its parent right
+    after the group's SIGTERM) is injected by making that lookup fail as it then does, since the
+    real race cannot be timed from a test. Teardown must finish, stop everything and not raise."""
+    code = textwrap.dedent(
+        f"""
+        import http.server, subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "{marker}"])
+        http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port=int(sys.argv[1]), bind='127.0.0.1')
+        """
+    )
+    import e2e.server as server_module
+
+    real_getpgid = os.getpgid
+    leaders: list[int] = []
+
+    def getpgid_of_an_exited_child(pid: int) -> int:
+        if pid not in leaders:
+            raise ProcessLookupError(3, "No such process")
+        return real_getpgid(pid)
+
+    server = ServerProcess(_spec(code, marker, health="/"), tmp_path)
+    server.start()
+    assert len(processes_with(marker)) >= 2  # the server and its child
+    leaders.append(server.pid)
+    monkeypatch.setattr(server_module.os, "getpgid", getpgid_of_an_exited_child)
+    server.stop()
+    assert not survivors(marker, 5)
