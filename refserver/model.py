@@ -264,6 +264,25 @@ def onednn_bf16_packing() -> bool:
     return ok
 
 
+@functools.cache
+def bf16_packed_everywhere() -> bool:
+    """Whether bf16 linears take oneDNN's packed weight at every row count, the output heads
+    included: where oneDNN packs bf16 (`onednn_bf16_packing`) and the CPU has no AMX tiles.
+
+    Measured (2 threads, the model's 121 linear shapes / its 49152-row head, ms):
+    - AMD EPYC with AVX-512-BF16, no AMX: one row packed 12.6 vs torch.mv 23.9 vs F.linear
+      20.2; head at one row 2.6 vs 5.4 vs 3.9, at six rows 2.1 vs F.linear 5.0. Here torch.mv
+      made a bf16 `none` step slower than a 6-token verification (47 vs 30 ms fwd+logits).
+    - Intel Xeon with AMX (earlier sessions): torch.mv ~25-40% faster at one row, and the
+      packed head slower than F.linear; those choices stay there.
+    Said once in the log.
+    """
+    everywhere = onednn_bf16_packing() and not torch.cpu._is_amx_tile_supported()
+    if everywhere:
+        log.info("bf16 linears: oneDNN-packed weights at every row count (no AMX tiles)")
+    return everywhere
+
+
 DTYPES = ("float32", "bfloat16")
 
 
@@ -358,11 +377,13 @@ class Linear(nn.Linear):
       stream: verifying 6 tokens costs ~1.2x one token instead of ~1.5x (AVX2). Its rows do not
       depend on the other rows of the call. Where it cannot run (no AVX2/FMA, no compiler) the
       log says so once and the paths below apply.
-    - bf16, one row (decode without drafts, MTP steps): `torch.mv`, ~25-40% faster;
+    - bf16, one row (decode without drafts, MTP steps): `torch.mv`, ~25-40% faster (AMX);
     - bf16, several rows (draft verification): a weight reordered once into oneDNN's blocked
       layout (what inductor's weight freezing does), ~25% faster for 4..8 rows; for the
-      49152-row output head it is slower, hence `pack=False` there. Both equal F.linear's
-      result bit for bit.
+      49152-row output head it is slower (AMX), hence `pack=False` there;
+    - bf16 on CPUs without AMX where oneDNN packs bf16 (AVX-512-BF16): the packed weight for
+      every row count and every weight, `pack=False` ignored (`bf16_packed_everywhere`).
+    The bf16 paths equal F.linear's result bit for bit.
     - float32, from `f32_packed_min_rows()` rows (prefill, and everything without the kernel):
       the same oneDNN-packed weight (also for the output head), ~25% faster for 4..6 rows than
       MKL's sgemm, which re-packs the weight per call.
@@ -375,6 +396,7 @@ class Linear(nn.Linear):
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
         self.cpu_bf16 = False  # set by freeze_: the bf16 fast paths apply
+        self.bf16_mv = False  # set by freeze_: one bf16 row takes torch.mv
         self.packed: Tensor | None = None
         self.packed_min_rows = 2  # rows from which `packed` is used (set by freeze_)
         self.rows_kernel = False  # set by freeze_: float32 rows go to refserver.rows_linear
@@ -388,23 +410,27 @@ class Linear(nn.Linear):
         return lin.freeze_(pack)
 
     def freeze_(self, pack: bool = True) -> Linear:
-        """`pack`: whether a bf16 weight gets the packed multi-row path (float32 always does)."""
+        """`pack`: whether a bf16 weight gets the packed multi-row path (float32 always does;
+        so does every bf16 weight where `bf16_packed_everywhere()`)."""
         w = self.weight
         cpu = w.device.type == "cpu"
         self.cpu_bf16 = cpu and w.dtype == torch.bfloat16
+        everywhere = self.cpu_bf16 and bf16_packed_everywhere()
+        self.bf16_mv = self.cpu_bf16 and not everywhere
         cpu_f32 = cpu and w.dtype == torch.float32
         self.rows_kernel = cpu_f32 and rows_linear.fits(w) and f32_rows_kernel()
         packed_f32 = cpu_f32 and f32_packed_min_rows() is not None
-        if (pack and self.cpu_bf16 and onednn_bf16_packing()) or packed_f32:
+        packed_bf16 = self.cpu_bf16 and (pack or everywhere) and onednn_bf16_packing()
+        if packed_bf16 or packed_f32:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8)
-            self.packed_min_rows = f32_packed_min_rows() if packed_f32 else 2
+            self.packed_min_rows = f32_packed_min_rows() if packed_f32 else 1 if everywhere else 2
         return self
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.shape[-1]
         if self.rows_kernel and rows <= rows_linear.MAX_ROWS:  # weight checked by freeze_
             return torch.ops.refserver.rows_linear(x, self.weight)
-        if self.cpu_bf16 and rows == 1:  # one row: a matrix-vector product
+        if self.bf16_mv and rows == 1:  # one row: a matrix-vector product
             return torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
         if self.packed is not None and rows >= self.packed_min_rows:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")

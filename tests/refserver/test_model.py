@@ -10,6 +10,7 @@ from refserver import rows_linear
 from refserver.model import (
     Linear,
     ModelConfig,
+    bf16_packed_everywhere,
     default_gguf_path,
     f32_packed_min_rows,
     onednn_bf16_packing,
@@ -110,8 +111,9 @@ def test_frozen_linear_equals_f_linear(rows, dtype):
         frozen = Linear.frozen(weight, pack=pack)
         min_rows = f32_packed_min_rows()
         expect_packed = (f32 and min_rows is not None) or (
-            not f32 and pack and onednn_bf16_packing()
+            not f32 and (pack or bf16_packed_everywhere()) and onednn_bf16_packing()
         )
+        assert frozen.bf16_mv == (not f32 and not bf16_packed_everywhere())
         assert (frozen.packed is not None) == expect_packed
         assert frozen.rows_kernel == (f32 and rows_linear.unavailable_reason() is None)
         got, want = frozen(x), F.linear(x, weight)
