@@ -8,7 +8,7 @@
     pytest -m benchmark benchmarks/test_bench_serving.py -s    # the --quick variant, checked
 
 Defaults: --dtype auto (refserver's rule: bfloat16 only with AMX or AVX-512-BF16, else float32),
-2 torch threads per server and for the peer (see "Threads" below), all eight
+2 torch threads per server and for the peer (see "Threads" below), all nine
 configurations of refserver/presets.py:SPEC_CONFIGS, concurrency 1 and 8, 4 repetitive
 + 4 open prompts, greedy, max_tokens 64, 5 rounds (so the spread is the interquartile range).
 `--out X.md` also writes X.json with every round's raw tallies and load, for re-analysis.
