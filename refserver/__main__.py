@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m refserver") -> in
     torch.manual_seed(args.seed)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    engine = Engine(config)
+    engine = Engine.on_own_thread(config)  # all torch work on one thread (see there)
     app = create_app(engine, args.served_model_name, args.max_request_bytes)
     # uvicorn handles SIGTERM/SIGINT itself (stop accepting, drain open requests, lifespan
     # shutdown) and then re-raises the signal under the previous handler. Make that handler a

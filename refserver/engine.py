@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import queue
 import random
 import threading
 import time
@@ -221,6 +222,7 @@ class Engine:
         self._waiting: deque[Request] = deque()
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._go: threading.Event | None = None  # set by on_own_thread: start() releases it
         self._running = False
         log.info(
             "engine: %s, max_num_seqs=%d, max_model_len=%d, %s %s, n-gram impl %s, "
@@ -289,8 +291,48 @@ class Engine:
             self._waiting.append(request)
             self._lock.notify()
 
+    @classmethod
+    def on_own_thread(cls, config: EngineConfig) -> Engine:
+        """An engine built on the thread that will run its loop (the server's way).
+
+        Why: with OpenMP (libgomp) every thread that runs parallel torch work keeps its own
+        team of worker threads. A model loaded on the main thread and stepped on another leaves
+        two teams, more OpenMP threads than cores on a small CPU, and libgomp then makes its
+        workers sleep between parallel regions instead of spinning: each of the ~1,500 small
+        ops of a forward pays a wake-up (measured on the 2-core VM: one bf16 forward 38.8 ms on
+        a second thread vs 30.3 ms on the loading thread). Here the whole engine, loading and
+        warm-up included, lives on one thread, with the caller's torch thread count.
+        `start()` then runs the loop on that thread; it raises what the construction raised.
+        """
+        threads = torch.get_num_threads()  # an OpenMP thread count is per thread: carry it
+        built: queue.SimpleQueue[Engine | BaseException] = queue.SimpleQueue()
+        go = threading.Event()
+
+        def run() -> None:
+            torch.set_num_threads(threads)
+            try:
+                engine = cls(config)
+            except BaseException as exc:  # handed to the caller, raised there
+                built.put(exc)
+                return
+            engine._go = go
+            built.put(engine)
+            go.wait()
+            engine._loop()
+
+        thread = threading.Thread(target=run, name="refserver-engine", daemon=True)
+        thread.start()
+        got = built.get()
+        if isinstance(got, BaseException):
+            raise got
+        got._thread = thread
+        return got
+
     def start(self) -> None:
         self._running = True
+        if self._go is not None:  # built by on_own_thread: its thread runs the loop
+            self._go.set()
+            return
         self._thread = threading.Thread(target=self._loop, name="refserver-engine", daemon=True)
         self._thread.start()
 
@@ -298,6 +340,8 @@ class Engine:
         with self._lock:
             self._running = False
             self._lock.notify()
+        if self._go is not None:
+            self._go.set()  # never started: the thread sees it is not running and ends
         if self._thread is not None:
             self._thread.join()
         for req in self._drain_all():

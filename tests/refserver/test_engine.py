@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -491,3 +492,44 @@ def test_cuda_graphs_change_no_text(
         results = _run_each(Engine(config, model, tok), requests)
         texts[graphs] = [(r.text, r.finish_reason) for r in results]
     assert texts[True] == texts[False]
+
+
+def test_engine_on_own_thread_loads_and_steps_on_one_thread(monkeypatch, chat_prompts):
+    """The server's engine (`Engine.on_own_thread`): loading and every step run on one thread
+    that is not the caller's, with the caller's torch thread count (OpenMP counts are per
+    thread); a request runs to completion; a construction error reaches the caller."""
+    seen: dict[str, set] = {"init": set(), "step": set(), "threads": set()}
+    real_init, real_step = Engine.__init__, Engine.step
+
+    def init(self, *args, **kwargs):
+        seen["init"].add(threading.get_ident())
+        real_init(self, *args, **kwargs)
+
+    def step(self):
+        seen["step"].add(threading.get_ident())
+        seen["threads"].add(torch.get_num_threads())
+        real_step(self)
+
+    monkeypatch.setattr(Engine, "__init__", init)
+    monkeypatch.setattr(Engine, "step", step)
+    caller_threads = torch.get_num_threads()
+    engine = Engine.on_own_thread(EngineConfig(speculative=SpeculativeConfig.from_json(NGRAM)))
+    done, outs = threading.Event(), []
+
+    def sink(out: StepOutput) -> None:
+        outs.append(out)
+        if out.finish_reason is not None:
+            done.set()
+
+    engine.start()
+    try:
+        engine.submit(Request(chat_prompts[0], SamplingParams(max_tokens=8), sink))
+        assert done.wait(120), "the engine thread did not finish the request"
+    finally:
+        engine.stop()
+    assert sum(len(o.token_ids) for o in outs) == 8
+    assert len(seen["init"]) == 1 and seen["step"] == seen["init"]
+    assert threading.get_ident() not in seen["init"]
+    assert seen["threads"] == {caller_threads}
+    with pytest.raises(FileNotFoundError):
+        Engine.on_own_thread(EngineConfig(gguf_path="/nonexistent/model.gguf"))
