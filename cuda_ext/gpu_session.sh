@@ -5,7 +5,9 @@
 #   STAGES="build tests suite sanitize bench bytes" bash cuda_ext/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1 SPECGATE_BUILD_DIR=/tmp/specgate-build
+# A build folder of its own where the caller names one: on a machine left warm by another call, the
+# default folder may hold that call's build (and, if it was killed, its build lock).
+export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1 SPECGATE_BUILD_DIR=${SPECGATE_BUILD_DIR:-/tmp/specgate-build}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 STAGES=${STAGES:-"build tests suite sanitize bench bytes"}
 log() { echo "=== $(date -u +%T) $*" | tee -a "$OUT/summary.txt"; }
@@ -20,7 +22,7 @@ stage_build() {
   local peer=$!
   time python3 -m cuda_ext.build --verbose > "$OUT/build.log" 2>&1; tail -3 "$OUT/build.log" | tee -a "$OUT/summary.txt"
   wait $peer; echo "straightforward build rc=$?" | tee -a "$OUT/summary.txt"; tail -2 "$OUT/build_peer.log" >> "$OUT/summary.txt"
-  cuobjdump -res-usage /tmp/specgate-build/*cuda*/specgate_ops_cuda.so 2>/dev/null | grep -A1 hybrid | tee -a "$OUT/summary.txt"
+  cuobjdump -res-usage "$SPECGATE_BUILD_DIR"/*cuda*/specgate_ops_cuda.so 2>/dev/null | grep -A1 hybrid | tee -a "$OUT/summary.txt"
 }
 stage_tests() {
   log "op tests (tests/cuda_ext, cuda included)"
