@@ -33,7 +33,7 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T", "L"])  # as gpu_linear's M: no constant when == 1
     def decode_attention_kernel(
         q_ptr,  # [B, T, H, D]
         k_ptr,  # [S, Lmax, Hkv, D]

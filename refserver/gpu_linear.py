@@ -65,7 +65,9 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # M is not specialized: Triton makes an int argument equal to 1 a compile-time constant, and
+    # `m < M` must stay a tensor for the masks (the first GPU run failed on exactly that).
+    @triton.jit(do_not_specialize=["M"])
     def rows_linear_kernel(
         x_ptr,
         w_ptr,
@@ -94,8 +96,13 @@ def _kernel():
             other=0.0,
         )
         for m in tl.static_range(M_PAD):
-            live = (m < M).to(tl.int32)  # rows past M (M_PAD is M rounded up) do nothing
-            x = tl.load(x_ptr + m * stride_xm + rk[None, :], mask=rk[None, :] < K * live, other=0.0)
+            # Rows past M (M_PAD is M rounded up) do nothing; a tensor even if M is a constant.
+            live = (tl.full([1], m, tl.int32) < M).to(tl.int32)
+            x = tl.load(
+                x_ptr + m * stride_xm + rk[None, :],
+                mask=rk[None, :] < (K * live)[:, None],
+                other=0.0,
+            )
             y = tl.sum(w * x, axis=1)
             tl.store(y_ptr + m * stride_ym + rn, y, mask=rn < N * live)
 

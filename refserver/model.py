@@ -351,12 +351,17 @@ def f32_rows_kernel() -> bool:
 @functools.cache
 def cuda_f32_kernels() -> bool:
     """Whether float32 CUDA decode steps use refserver's Triton kernels (`gpu_linear` for the
-    linears of up to 8 rows, `gpu_attention` for up to 8 query tokens a row); said once in the
-    log either way, since without them a verification of K+1 tokens costs ~1.5x a one-token
-    step (cuBLAS and SDPA's math path)."""
+    linears of up to 8 rows, `gpu_attention` for up to 8 query tokens a row): opt-in with
+    REFSERVER_CUDA_KERNELS=1 until a GPU run has measured them end to end (the kernels alone
+    are tested in tests/refserver/test_gpu_kernels.py). Said once in the log either way. They
+    are meant for verification: cuBLAS's kernels for K+1 = 6 rows cost 1.5-4x its one-row
+    kernel and SDPA has no float32 GQA kernel (its math path expands K/V)."""
+    setting = os.environ.get("REFSERVER_CUDA_KERNELS", "0")
+    if setting not in ("0", "1"):
+        raise ValueError(f"REFSERVER_CUDA_KERNELS={setting!r}: expected '0' or '1'")
     why_not = gpu_linear.unavailable_reason()
-    if os.environ.get("REFSERVER_CUDA_KERNELS", "1") == "0":
-        why_not = "REFSERVER_CUDA_KERNELS=0: cuBLAS and SDPA, for A/B measurements"
+    if setting == "0":
+        why_not = "off (REFSERVER_CUDA_KERNELS=1 turns them on): cuBLAS and SDPA"
     if why_not is None:
         log.info(
             "float32 CUDA: refserver's Triton kernels for linears of <= %d rows and attention "
@@ -365,7 +370,7 @@ def cuda_f32_kernels() -> bool:
             gpu_attention.MAX_QUERIES,
         )
         return True
-    log.warning("float32 CUDA: refserver's Triton kernels are NOT used (%s)", why_not)
+    log.info("float32 CUDA: refserver's Triton kernels are not used (%s)", why_not)
     return False
 
 
@@ -390,8 +395,8 @@ class Linear(nn.Linear):
     The float32 paths are not F.linear's bits (other summation orders; F.linear is not
     row-invariant either: its rows at M >= 2 differ from M = 1 in the last bits); refserver's
     greedy outputs were checked unchanged.
-    On CUDA, float32, up to `gpu_linear.MAX_ROWS` rows: refserver's Triton kernel
-    (`refserver.gpu_linear`): a row costs the same alone or with K others (cuBLAS's kernels for
+    On CUDA, float32, up to `gpu_linear.MAX_ROWS` rows, with REFSERVER_CUDA_KERNELS=1
+    (`cuda_f32_kernels`): refserver's Triton kernel (`refserver.gpu_linear`): a row costs the same alone or with K others (cuBLAS's kernels for
     6 rows cost 1.5-4x its one-row kernel), and its result does not depend on the other rows.
     Elsewhere (training, other dtypes, more rows, no oneDNN) it is plain F.linear.
     """

@@ -95,10 +95,11 @@ if has scenarios; then
 fi
 if has bench; then
   for mode in ${BENCH_MODES:-eager graphs compile}; do
-    # A mode ending in -cublas runs without refserver's Triton kernels (REFSERVER_CUDA_KERNELS=0):
-    # the same call's A/B of the CUDA kernels.
-    base=${mode%-cublas} kernels=1
-    [[ $mode == *-cublas ]] && kernels=0
+    # A mode ending in -triton runs with refserver's Triton kernels (REFSERVER_CUDA_KERNELS=1,
+    # refserver/gpu_linear.py, gpu_attention.py), the others as the environment says (default
+    # off): the same call's A/B of the kernels.
+    base=${mode%-triton} kernels=${REFSERVER_CUDA_KERNELS:-0}
+    [[ $mode == *-triton ]] && kernels=1
     args=""
     [[ $base == graphs ]] && args="--enable-overlap-schedule --graph-optimization-config '$GRAPHS'"
     [[ $base == compile ]] && args="--enable-overlap-schedule --graph-optimization-config '$COMPILED'"

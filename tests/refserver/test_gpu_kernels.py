@@ -101,3 +101,45 @@ def test_kernels_replay_in_a_cuda_graph():
     again = run()
     assert torch.equal(outs[0], again[0]) and torch.equal(outs[1], again[1])
     assert not torch.equal(outs[0], eager[0])
+
+
+def test_kernel_switch_is_opt_in_and_checked(monkeypatch):
+    from refserver.model import cuda_f32_kernels
+
+    monkeypatch.delenv("REFSERVER_CUDA_KERNELS", raising=False)
+    assert cuda_f32_kernels.__wrapped__() is False  # off by default (or no CUDA here)
+    monkeypatch.setenv("REFSERVER_CUDA_KERNELS", "yes")
+    with pytest.raises(ValueError, match="REFSERVER_CUDA_KERNELS='yes'"):
+        cuda_f32_kernels.__wrapped__()
+
+
+def test_kernels_compile_for_hopper_without_a_gpu():
+    """Triton's front end and ptxas for sm_90 need no GPU: a kernel that does not compile fails
+    here, not in a device call (the first one did, at `m < M` with M specialized to 1)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", 90, 32)
+    ints = dict.fromkeys(["M", "N", "K", "stride_xm", "stride_wn", "stride_ym"], "i32")
+    sig = {"x_ptr": "*fp32", "w_ptr": "*fp32", "y_ptr": "*fp32", **ints}
+    sig |= dict.fromkeys(["M_PAD", "BLOCK_N", "BLOCK_K"], "constexpr")
+    for m_pad, k in [(1, 576), (8, 576), (8, 1536)]:
+        block_n, block_k = gpu_linear.blocks(k)
+        consts = {"M_PAD": m_pad, "BLOCK_N": block_n, "BLOCK_K": block_k}
+        triton.compile(ASTSource(gpu_linear._kernel(), sig, consts), target=target)
+    # As Triton specializes an int argument equal to 1 (the kernel also says not to).
+    consts |= {"M": 1, "M_PAD": 1}
+    triton.compile(ASTSource(gpu_linear._kernel(), sig | {"M": "constexpr"}, consts), target=target)
+    names = ["T", "L", "stride_qb", "stride_qt", "stride_ks", "stride_kl", "stride_ob", "stride_ot"]
+    sig = {f"{n}_ptr": "*fp32" for n in ("q", "k", "v")} | {"slot_ptr": "*i64", "pos_ptr": "*i64"}
+    sig |= {"o_ptr": "*fp32", **dict.fromkeys(names[:2], "i32"), "sm_scale": "fp32"}
+    sig |= dict.fromkeys(names[2:], "i32") | dict.fromkeys(
+        ["G", "D", "R_PAD", "BLOCK_L"], "constexpr"
+    )
+    for r_pad in (16, 32):
+        consts = {"G": 3, "D": 64, "R_PAD": r_pad, "BLOCK_L": gpu_attention.BLOCK_L}
+        triton.compile(ASTSource(gpu_attention._kernel(), sig, consts), target=target)
+    consts |= {"T": 1, "L": 1}
+    sig |= {"T": "constexpr", "L": "constexpr"}
+    triton.compile(ASTSource(gpu_attention._kernel(), sig, consts), target=target)
