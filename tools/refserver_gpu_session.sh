@@ -71,7 +71,7 @@ SPECGATE=(python3 -c "import sys; from specgate.cli import main; sys.exit(main()
 if has graphs; then
   log "CUDA-graph tests (texts with graphs == eager, overlap on, more requests than slots)"
   timeout 200 python3 -m pytest -q -p no:cacheprovider -p specgate.pytest_plugin \
-    tests/refserver/test_engine.py tests/refserver/test_gpu_kernels.py -k "${GRAPHS_TESTS:-cuda_graphs or overlap or gpu}" -rs > "$OUT/graphs.log" 2>&1
+    tests/refserver/test_engine.py tests/refserver/test_gpu_kernels.py -k "${GRAPHS_TESTS:-cuda_graphs or overlap or gpu_kernels}" -rs > "$OUT/graphs.log" 2>&1
   echo "rc=$?" >> "$OUT/graphs.log"; tail -4 "$OUT/graphs.log" | tee -a "$OUT/summary.txt"
 fi
 if has scenarios; then
