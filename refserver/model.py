@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from refserver import rows_linear
+from refserver import gpu_attention, gpu_linear, rows_linear
 from refserver.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -367,6 +367,32 @@ def f32_rows_kernel() -> bool:
     return False
 
 
+@functools.cache
+def cuda_f32_kernels() -> bool:
+    """Whether float32 CUDA decode steps use refserver's Triton kernels (`gpu_linear` for the
+    linears of up to 8 rows, `gpu_attention` for up to 8 query tokens a row): opt-in with
+    REFSERVER_CUDA_KERNELS=1 until a GPU run has measured them end to end (the kernels alone
+    are tested in tests/refserver/test_gpu_kernels.py). Said once in the log either way. They
+    are meant for verification: cuBLAS's kernels for K+1 = 6 rows cost 1.5-4x its one-row
+    kernel and SDPA has no float32 GQA kernel (its math path expands K/V)."""
+    setting = os.environ.get("REFSERVER_CUDA_KERNELS", "0")
+    if setting not in ("0", "1"):
+        raise ValueError(f"REFSERVER_CUDA_KERNELS={setting!r}: expected '0' or '1'")
+    why_not = gpu_linear.unavailable_reason()
+    if setting == "0":
+        why_not = "off (REFSERVER_CUDA_KERNELS=1 turns them on): cuBLAS and SDPA"
+    if why_not is None:
+        log.info(
+            "float32 CUDA: refserver's Triton kernels for linears of <= %d rows and attention "
+            "of <= %d query tokens a row",
+            gpu_linear.MAX_ROWS,
+            gpu_attention.MAX_QUERIES,
+        )
+        return True
+    log.info("float32 CUDA: refserver's Triton kernels are not used (%s)", why_not)
+    return False
+
+
 class Linear(nn.Linear):
     """x @ weight.T (no bias), with CPU fast paths once the weight is frozen.
 
@@ -390,7 +416,10 @@ class Linear(nn.Linear):
     The float32 paths are not F.linear's bits (other summation orders; F.linear is not
     row-invariant either: its rows at M >= 2 differ from M = 1 in the last bits); refserver's
     greedy outputs were checked unchanged.
-    Elsewhere (CUDA, training, no oneDNN) it is plain F.linear.
+    On CUDA, float32, up to `gpu_linear.MAX_ROWS` rows, with REFSERVER_CUDA_KERNELS=1
+    (`cuda_f32_kernels`): refserver's Triton kernel (`refserver.gpu_linear`): a row costs the same alone or with K others (cuBLAS's kernels for
+    6 rows cost 1.5-4x its one-row kernel), and its result does not depend on the other rows.
+    Elsewhere (training, other dtypes, more rows, no oneDNN) it is plain F.linear.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
@@ -400,6 +429,7 @@ class Linear(nn.Linear):
         self.packed: Tensor | None = None
         self.packed_min_rows = 2  # rows from which `packed` is used (set by freeze_)
         self.rows_kernel = False  # set by freeze_: float32 rows go to refserver.rows_linear
+        self.cuda_rows = False  # set by freeze_: float32 CUDA rows go to refserver.gpu_linear
 
     @classmethod
     def frozen(cls, weight: Tensor, pack: bool = True) -> Linear:
@@ -419,6 +449,7 @@ class Linear(nn.Linear):
         self.bf16_mv = self.cpu_bf16 and not everywhere
         cpu_f32 = cpu and w.dtype == torch.float32
         self.rows_kernel = cpu_f32 and rows_linear.fits(w) and f32_rows_kernel()
+        self.cuda_rows = w.is_cuda and gpu_linear.fits(w) and cuda_f32_kernels()
         packed_f32 = cpu_f32 and f32_packed_min_rows() is not None
         packed_bf16 = self.cpu_bf16 and (pack or everywhere) and onednn_bf16_packing()
         if packed_bf16 or packed_f32:
@@ -430,6 +461,8 @@ class Linear(nn.Linear):
         rows = x.numel() // x.shape[-1]
         if self.rows_kernel and rows <= rows_linear.MAX_ROWS:  # weight checked by freeze_
             return torch.ops.refserver.rows_linear(x, self.weight)
+        if self.cuda_rows and rows <= gpu_linear.MAX_ROWS:  # weight checked by freeze_
+            return torch.ops.refserver_cuda.rows_linear(x, self.weight)
         if self.bf16_mv and rows == 1:  # one row: a matrix-vector product
             return torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
         if self.packed is not None and rows >= self.packed_min_rows:
@@ -538,6 +571,10 @@ class Attention(nn.Module):
             k_cache[rows, positions] = k.to(k_cache.dtype)
             v_cache[rows, positions] = v.to(v_cache.dtype)
         L = batch.kv_len  # read only as far as the furthest query: later stale data is unused
+        if T <= gpu_attention.MAX_QUERIES and gpu_attention.fits(q, k_cache) and cuda_f32_kernels():
+            # One kernel reads the rows' slots through `slots` (any layout) and masks by position.
+            out = gpu_attention.decode_attention(q, k_cache, v_cache, slots, positions, L)
+            return self.wo(out.view(B, T, -1))
         if batch.first_slot is not None:  # slots s..s+B-1: a view, no copy
             keys = k_cache[batch.first_slot : batch.first_slot + B, :L]
             values = v_cache[batch.first_slot : batch.first_slot + B, :L]
