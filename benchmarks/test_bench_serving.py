@@ -170,6 +170,20 @@ def test_vllm_rows_pair_with_vllm_none_and_refserver_is_compared_with_them():
     assert "1.25x (1.25–1.25) vLLM n-gram's (goal > 1x, ahead: met)" in md
 
 
+def test_adaptive_hybrids_get_the_goals_and_the_open_prompt_goal():
+    rounds = []
+    for i in (1, 2, 3):
+        r = RoundResult(i)
+        for kind, rates in (("repetitive", (20.0, 36.0)), ("open", (20.0, 19.0 + i))):
+            for label, rate in zip(("none", "adaptive hybrid K=5 s=1"), rates, strict=True):
+                r.add((label, 1, 1, kind), Sample(64, 64 / rate, 32, 64))
+        rounds.append(r)
+    md = render(settings(configs=("none", "adaptive hybrid K=5 s=1")), rounds, {"machine": "t"})
+    assert "- adaptive hybrid K=5 s=1, 1 thread(s), repetitive: 1.80x (1.80–1.80) `none`" in md
+    # open: 20/20, 21/20, 22/20 -> median 1.05, the low end 1.00 >= 0.97
+    assert "open: 1.05x (1.00–1.10) `none` (goal >= 0.97x: met)" in md
+
+
 def test_without_vllm_rounds_no_vllm_goal_line():
     rounds = [round_with(i, {"none": 10.0, "ngram K=5": 14.0}) for i in (1, 2)]
     assert speedup_over_vllm(rounds, "ngram K=5", 1, "all").n == 0
