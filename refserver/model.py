@@ -417,14 +417,14 @@ class Linear(nn.Linear):
     row-invariant either: its rows at M >= 2 differ from M = 1 in the last bits); refserver's
     greedy outputs were checked unchanged.
     On CUDA, float32, up to `gpu_linear.MAX_ROWS` rows, with REFSERVER_CUDA_KERNELS=1
-    (`cuda_f32_kernels`): refserver's Triton kernel (`refserver.gpu_linear`): a row costs the same alone or with K others (cuBLAS's kernels for
-    6 rows cost 1.5-4x its one-row kernel), and its result does not depend on the other rows.
+    (`cuda_f32_kernels`): refserver's Triton kernel (`refserver.gpu_linear`): a row costs the
+    same alone or with K others (cuBLAS's kernels for 6 rows cost 1.5-4x its one-row kernel),
+    and its result does not depend on the other rows.
     Elsewhere (training, other dtypes, more rows, no oneDNN) it is plain F.linear.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
-        self.cpu_bf16 = False  # set by freeze_: the bf16 fast paths apply
         self.bf16_mv = False  # set by freeze_: one bf16 row takes torch.mv
         self.packed: Tensor | None = None
         self.packed_min_rows = 2  # rows from which `packed` is used (set by freeze_)
@@ -444,14 +444,14 @@ class Linear(nn.Linear):
         so does every bf16 weight where `bf16_packed_everywhere()`)."""
         w = self.weight
         cpu = w.device.type == "cpu"
-        self.cpu_bf16 = cpu and w.dtype == torch.bfloat16
-        everywhere = self.cpu_bf16 and bf16_packed_everywhere()
-        self.bf16_mv = self.cpu_bf16 and not everywhere
+        cpu_bf16 = cpu and w.dtype == torch.bfloat16
+        everywhere = cpu_bf16 and bf16_packed_everywhere()
+        self.bf16_mv = cpu_bf16 and not everywhere
         cpu_f32 = cpu and w.dtype == torch.float32
         self.rows_kernel = cpu_f32 and rows_linear.fits(w) and f32_rows_kernel()
         self.cuda_rows = w.is_cuda and gpu_linear.fits(w) and cuda_f32_kernels()
         packed_f32 = cpu_f32 and f32_packed_min_rows() is not None
-        packed_bf16 = self.cpu_bf16 and (pack or everywhere) and onednn_bf16_packing()
+        packed_bf16 = cpu_bf16 and (pack or everywhere) and onednn_bf16_packing()
         if packed_bf16 or packed_f32:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8)
             self.packed_min_rows = f32_packed_min_rows() if packed_f32 else 1 if everywhere else 2
@@ -571,7 +571,7 @@ class Attention(nn.Module):
             k_cache[rows, positions] = k.to(k_cache.dtype)
             v_cache[rows, positions] = v.to(v_cache.dtype)
         L = batch.kv_len  # read only as far as the furthest query: later stale data is unused
-        if T <= gpu_attention.MAX_QUERIES and gpu_attention.fits(q, k_cache) and cuda_f32_kernels():
+        if gpu_attention.fits(q, k_cache) and cuda_f32_kernels():  # fits: CUDA, T <= MAX_QUERIES
             # One kernel reads the rows' slots through `slots` (any layout) and masks by position.
             out = gpu_attention.decode_attention(q, k_cache, v_cache, slots, positions, L)
             return self.wo(out.view(B, T, -1))

@@ -26,7 +26,8 @@ SPEC_CONFIGS: dict[str, str | None] = {
     ),
     "adaptive hybrid K=5 s=3": HYBRID_ADAPTIVE,
     # K=5 s=1 adaptive: on repetitive text it drafts from the lookup alone where that pays, and
-    # one MTP step otherwise (session 5: the best config on AVX-512-BF16 bf16 and AVX2 float32).
+    # one MTP step otherwise (session 5: the best config natively
+    # in bf16 on an AVX-512-BF16 CPU; on AVX2 float32 it tied hybrid K=5 s=1).
     "adaptive hybrid K=5 s=1": (
         '{"method":"mtp","num_speculative_tokens":5,"num_model_steps":1,'
         '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1,"adaptive":true}'
