@@ -122,9 +122,11 @@ void hybrid_mtp_ngram_cuda(const at::Tensor& token_ids_all, const at::Tensor& pr
   const int64_t final_tiles = (B + tile_rows - 1) / tile_rows;
   // Workspace: [0] search_done, [1] active, [2] final_ticket, [3] final_done, then 8 words per
   // finaliser tile at a fixed place (so that a later call with another B never reads an old
-  // call's record words as a status), then the 2B keys.
+  // call's record words as a status), then the 2B slots of 128 bits ({key, first continuation
+  // tokens} per row and haystack; kKeys words = 4128 bytes keeps them 16-byte aligned).
   constexpr int64_t kRecords = 4, kKeys = kRecords + 8 * kMaxFinalTiles;
-  const int64_t needed = kKeys + 2 * B;
+  static_assert(kKeys % 2 == 0, "128-bit slots must be 16-byte aligned");
+  const int64_t needed = kKeys + 4 * B;
 
   at::Tensor& ws = workspace(token_ids_all.device(), stream, needed);
   NgramParams p{};

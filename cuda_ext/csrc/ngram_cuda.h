@@ -43,7 +43,7 @@ struct NgramParams {
   int64_t final_tiles, final_rows_per_thread;
   // Workspace, all zero between calls (the last finaliser resets it): best match key per
   // (row, haystack), counters, and one look-back record of 8 words per finaliser tile.
-  unsigned long long* keys;          // [2 * batch]
+  unsigned long long* keys;          // [4 * batch]: {key, tokens} per (row, haystack)
   unsigned int* search_done;         // search blocks finished
   unsigned long long* active;        // U0, summed by the search blocks
   unsigned int* final_ticket;        // finaliser tile order

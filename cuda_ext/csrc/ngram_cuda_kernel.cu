@@ -223,6 +223,62 @@ __device__ __forceinline__ uint32_t suffix_len(const int64_t* hay, int64_t e,
   return l;
 }
 
+// Main kernel's workspace keys: one 128-bit slot per (row, haystack h), {key, tokens}, at words
+// 4r + 2h and 4r + 2h + 1 (16-byte aligned). The fused kernel's shared keys have no token word.
+template <bool kFused>
+__device__ __forceinline__ int64_t key_index(int64_t r, int h) {
+  return kFused ? 2 * r + h : 4 * r + 2 * h;
+}
+
+// The first two continuation tokens, recorded with the key so that the finaliser reads them in
+// the same round trip as the key instead of reading the haystack after it. Half j holds token j
+// as 31-bit two's complement with bit 31 set, or 0 where the token is absent or outside
+// [-2^30, 2^30) (then the finaliser reads the haystack, as before).
+constexpr int kSlotTokens = 2;
+__device__ __forceinline__ unsigned long long pack_token(int64_t t, int j) {
+  const bool fits = t >= -(int64_t(1) << 30) && t < (int64_t(1) << 30);
+  const uint32_t half = fits ? (static_cast<uint32_t>(t) & 0x7fffffffu) | 0x80000000u : 0u;
+  return static_cast<unsigned long long>(half) << (32 * j);
+}
+__device__ __forceinline__ bool token_in_slot(unsigned long long tok, int j) {
+  return (tok >> (32 * j + 31)) & 1ull;
+}
+__device__ __forceinline__ int64_t slot_token(unsigned long long tok, int j) {
+  const int32_t half = static_cast<int32_t>(static_cast<uint32_t>(tok >> (32 * j)) << 1) >> 1;
+  return half;  // sign-extended from 31 bits
+}
+
+// Are the first m continuation tokens all in the slot?
+__device__ __forceinline__ bool in_slot(unsigned long long tok, int64_t m) {
+  return m <= kSlotTokens && (m < 1 || token_in_slot(tok, 0)) && (m < 2 || token_in_slot(tok, 1));
+}
+
+// The slots' 128-bit compare-and-swap needs sm_90; older targets record the key alone.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kSlotCas = false;
+#else
+constexpr bool kSlotCas = true;
+#endif
+
+// 128-bit compare-and-swap on global memory (sm_90): {k, t} at addr, 16-byte aligned. Returns the
+// old value in ok, ot. Only called where __CUDA_ARCH__ >= 900; older targets compile a stub.
+__device__ __forceinline__ void cas128(unsigned long long* addr, unsigned long long k,
+                                       unsigned long long t, unsigned long long nk,
+                                       unsigned long long nt, unsigned long long& ok,
+                                       unsigned long long& ot) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n\t.reg .b128 c, v, o;\n\tmov.b128 c, {%2, %3};\n\tmov.b128 v, {%4, %5};\n\t"
+      "atom.global.cas.b128 o, [%6], c, v;\n\tmov.b128 {%0, %1}, o;\n\t}"
+      : "=l"(ok), "=l"(ot)
+      : "l"(k), "l"(t), "l"(nk), "l"(nt), "l"(addr)
+      : "memory");
+#else
+  ok = ot = 0;  // never called: the search takes atomicMax below sm_90
+  __trap();
+#endif
+}
+
 // Is the search counting U0 (seq_lens_decoder > 0)? Only for more than one finaliser tile; a
 // single tile (B <= 256) counts its own rows with one barrier.
 __device__ __forceinline__ bool search_counts_u0(const NgramParams& p) { return p.final_tiles > 1; }
@@ -248,7 +304,7 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
   const int64_t* hay = gen ? p.pre_ids + row * p.s_pre : p.token_ids_all + row * p.s_all;
   const int64_t begin = (gen ? seg - p.segs_prompt : seg) * p.seg_tokens;
   const int64_t cap_end = begin + p.seg_tokens < cap - 1 ? begin + p.seg_tokens : cap - 1;
-  unsigned long long* my_key = keys + 2 * row + (gen ? 1 : 0);
+  unsigned long long* my_key = keys + key_index<kFused>(row, gen ? 1 : 0);
 
   // All independent loads first: the row's scalars, the keys, the first tile or the probe (below),
   // U0's count.
@@ -275,7 +331,7 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
   }
   unsigned long long key_prompt = 0, key_own = 0;
   if (!kFused && in_grid && !first) {
-    key_prompt = __shfl_sync(kFull, lane == 0 ? __ldcg(keys + 2 * row) : 0ull, 0);
+    key_prompt = __shfl_sync(kFull, lane == 0 ? __ldcg(keys + key_index<kFused>(row, 0)) : 0ull, 0);
     key_own = __shfl_sync(kFull, lane == 0 ? __ldcg(my_key) : 0ull, 0);
   }
 
@@ -319,7 +375,7 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
     const int64_t next = t0 + kWarpTile;
     unsigned long long kp = 0, ko = 0;
     if (!kFused && lane == 0 && next < end) {
-      kp = __ldcg(keys + 2 * row);
+      kp = __ldcg(keys + key_index<kFused>(row, 0));
       ko = __ldcg(my_key);
     }
 #pragma unroll
@@ -342,7 +398,29 @@ __device__ void search_unit(const NgramParams& p, int64_t u, unsigned* active_co
     const unsigned long long w = __shfl_xor_sync(kFull, best, o);
     best = w > best ? w : best;
   }
-  if (lane == 0 && best != 0) atomicMax(my_key, best);
+  if (lane == 0 && best != 0) {
+    if (kFused || !kSlotCas) {
+      // (Below sm_90 there is no 128-bit CAS: the key alone, the token word stays 0, and the
+      // finaliser reads the continuation from the haystack, as the fused path does.)
+      atomicMax(my_key, best);
+    } else {
+      // The slot {key, first continuation tokens}: a 128-bit compare-and-swap loop that keeps the
+      // larger key (keys only grow; an equal key is the same window, so the same tokens).
+      const int64_t e = match_end(best);
+      unsigned long long tok = 0;
+#pragma unroll
+      for (int j = 0; j < kSlotTokens; ++j) {
+        if (e + 1 + j < len) tok |= pack_token(__ldg(hay + e + 1 + j), j);  // L1: this tile
+      }
+      unsigned long long k = 0, t = 0, ok, ot;
+      while (true) {
+        cas128(my_key, k, t, best, tok, ok, ot);
+        if ((ok == k && ot == t) || ok >= best) break;
+        k = ok;
+        t = ot;
+      }
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,28 +436,34 @@ struct Range {
 struct RowState {
   int32_t ori, um, end;
   bool eligible, in_gen;
+  unsigned long long tok;  // the winner's slot tokens (main kernel), 0 if none
 };
 
 template <bool kFused = false>
 __device__ __forceinline__ RowState row_state(const NgramParams& p, int64_t r, const RowInfo& ri,
                                               const unsigned long long* keys) {
-  RowState d{static_cast<int32_t>(ri.ori), 0, 0, ri.eligible, false};
+  RowState d{static_cast<int32_t>(ri.ori), 0, 0, ri.eligible, false, 0ull};
   if (ri.searchable && ri.n_hi >= p.min_ngram_size) {
-    // Global keys were written with atomics (resolved in L2): read them past L1.
-    const unsigned long long kp = kFused ? keys[2 * r] : __ldcg(keys + 2 * r);
-    const unsigned long long kg = kFused ? keys[2 * r + 1] : __ldcg(keys + 2 * r + 1);
+    // Global slots were written with atomics (resolved in L2): read them past L1, keys and
+    // tokens in one round trip.
+    const unsigned long long kp = kFused ? keys[2 * r] : __ldcg(keys + 4 * r);
+    const unsigned long long kg = kFused ? keys[2 * r + 1] : __ldcg(keys + 4 * r + 2);
+    const unsigned long long tp = kFused ? 0ull : __ldcg(keys + 4 * r + 1);
+    const unsigned long long tg = kFused ? 0ull : __ldcg(keys + 4 * r + 3);
     const int64_t lp = match_len(kp), lg = match_len(kg);
     int64_t avail = 0;
     if (lp >= p.min_ngram_size && lp >= lg) {  // larger n first; prompt first within n
       d.end = static_cast<int32_t>(match_end(kp));
       avail = ri.plen - d.end - 1;
+      d.tok = tp;
     } else if (lg >= p.min_ngram_size) {
       d.end = static_cast<int32_t>(match_end(kg));
       avail = ri.step - d.end - 1;
       d.in_gen = true;
+      d.tok = tg;
     }
     d.um = static_cast<int32_t>(avail < ri.budget ? avail : ri.budget);  // <= K < 2^31
-    if (d.um > 0) {
+    if (d.um > 0 && !in_slot(d.tok, d.um)) {
       // The copy happens after the scans; pull its source line into L1 now, so the copy
       // costs an L1 hit instead of another DRAM round trip.
       const int64_t* src = d.in_gen ? p.pre_ids + r * p.s_pre + d.end + 1
@@ -406,9 +490,13 @@ __device__ __forceinline__ void finish_row(const NgramParams& p, int64_t r, cons
   int64_t* row = p.draft_tokens + r * p.width;
   int64_t last = 0;
   if (d.eligible && m > 0) {  // um > 0 implies a searchable row with a match
-    const int64_t* src = d.in_gen ? p.pre_ids + r * p.s_pre + d.end + 1
-                                  : p.token_ids_all + r * p.s_all + d.end + 1;
-    last = copy_tokens(row + d.ori, src, m);
+    if (in_slot(d.tok, m)) {  // m <= um: the tokens came with the key, no haystack read
+      for (int j = 0; j < m; ++j) row[d.ori + j] = last = slot_token(d.tok, j);
+    } else {
+      const int64_t* src = d.in_gen ? p.pre_ids + r * p.s_pre + d.end + 1
+                                    : p.token_ids_all + r * p.s_all + d.end + 1;
+      last = copy_tokens(row + d.ori, src, m);
+    }
     len += m;
     p.seq_lens_this_time[r] = static_cast<int32_t>(len);
   }
@@ -453,7 +541,7 @@ __device__ void finalise_tile(const NgramParams& p) {
   __syncthreads();
   // The search's U0 (several tiles) is read together with the keys: one L2 round trip.
   if (!single) U0 = static_cast<int64_t>(__ldcg(p.active));
-  RowState d0{0, 0, 0, false, false};
+  RowState d0{0, 0, 0, false, false, 0ull};
   if (r0 < B) d0 = row_state(p, r0, ri0, p.keys);
 
   auto state_of = [&](int64_t k, int64_t r) {
@@ -539,8 +627,7 @@ __device__ void finalise_tile(const NgramParams& p) {
     const int64_t unproc = U0 - (carry_e + pre_e + d.eligible);
     if (r < B) {
       finish_row(p, r, d, total, unproc);
-      p.keys[2 * r] = 0ull;  // leave the workspace zero for the next call
-      p.keys[2 * r + 1] = 0ull;
+      for (int w = 0; w < 4; ++w) p.keys[4 * r + w] = 0ull;  // the workspace zero for the next call
     }
     carry_c += sub_c;
     carry_e += sub_e;
