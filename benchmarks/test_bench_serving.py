@@ -158,6 +158,7 @@ def test_vllm_rows_pair_with_vllm_none_and_refserver_is_compared_with_them():
         r = RoundResult(i)
         for label, rate in rates.items():
             r.add((label, 1, 1, "repetitive"), Sample(64, 64 * slow / rate, 32, 64))
+            r.add((label, 1, 1, "all"), Sample(64, 64 * slow / rate, 32, 64))
         rounds.append(r)
     ahead = speedup_over_vllm(rounds, "hybrid K=5 s=3", 1, "repetitive")
     assert (ahead.median, ahead.lo, ahead.hi, ahead.n) == pytest.approx((1.25, 1.25, 1.25, 3))
@@ -167,7 +168,11 @@ def test_vllm_rows_pair_with_vllm_none_and_refserver_is_compared_with_them():
         "| vllm ngram K=5 (vLLM) | 1 | repetitive | 12.00 (6.00–12.00) | 1.20x (1.20–1.20) |" in md
     )
     assert "| vllm none (vLLM) | 1 | repetitive | 10.00 (5.00–10.00) | 1.00x (1.00–1.00) |" in md
-    assert "1.25x (1.25–1.25) vLLM n-gram's (goal > 1x, ahead: met)" in md
+    assert (
+        "repetitive: its speedup is 1.25x (1.25–1.25) vLLM n-gram's (goal > 1x, ahead: met)" in md
+    )
+    assert "all: its speedup is 1.25x (1.25–1.25) vLLM n-gram's (goal > 1x, ahead: met)" in md
+    assert "open: its speedup" not in md  # no open cells in these rounds: no line
 
 
 def test_adaptive_hybrids_get_the_goals_and_the_open_prompt_goal():
@@ -202,7 +207,14 @@ def streamed(*chunks: dict) -> Completion:
 def test_vllm_steps_from_the_per_request_block():
     counts = {"num_spec_steps": 17, "num_accepted_draft_tokens": 25}
     done = streamed({"choices": []}, {"metrics": {"speculative_decoding": counts}})
-    assert vllm_steps(VLLM_NGRAM, done, 64) == (17, 42)  # 17 steps made 17 + 25 tokens
+    # 64 tokens with 25 accepted drafts: 39 decode steps (17 of them with a draft)
+    assert vllm_steps(VLLM_NGRAM, done, 64) == (39, 64)
+    # more accepted drafts than K=5 per step allows (the max_tokens cut): floored at 64/6
+    many = streamed(
+        {"choices": []},
+        {"metrics": {"speculative_decoding": {**counts, "num_accepted_draft_tokens": 60}}},
+    )
+    assert vllm_steps(VLLM_NGRAM, many, 64) == (11, 64)
     assert vllm_steps(VLLM_BASELINE, done, 64) == (64, 64)
     with pytest.raises(RuntimeError, match=r"no metrics\.speculative_decoding"):
         vllm_steps(VLLM_NGRAM, streamed({"choices": []}), 64)
