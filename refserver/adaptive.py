@@ -6,16 +6,18 @@ Speculation pays only when the tokens a step gains outweigh what the draft and i
 cost. Both sides are measured, never assumed:
 
 - per request, the acceptance of each draft position, separately for the MTP drafts (position j
-  of the MTP part) and the n-gram drafts (position i of the n-gram part; a position the n-gram
-  lookup found nothing for counts as not accepted, so its rate is "a useful token came"; and,
-  apart, the rate of an n-gram position that was offered), as decayed counts (`DECAY` per
-  trial, `IDLE_DECAY` per step without one) over a Beta prior;
+  of the MTP part) and the n-gram drafts (position i of the n-gram part, counted apart for parts
+  that lead the row and parts after MTP drafts; a position the n-gram lookup found nothing for
+  counts as not accepted, so its rate is "a useful token came"; and, apart, the rate of an
+  n-gram position that was offered), as decayed counts (`DECAY` per trial, `IDLE_DECAY` per step
+  without one) over a Beta prior;
 - per step, how many drafts the n-gram lookup offers on the verified text alone: the engine
   runs the lookup before it plans (one op call, `found`), so a plan without MTP knows exactly
   what it would verify. Where the text repeats, the lookup's own drafts then replace the MTP
   step and its cost; where it finds nothing, no n-gram-only plan is scored on hope;
-- engine-wide, an EMA of the verify forward's time by tokens per row, of the MTP draft call's
-  time by its steps, and of the rest of a step (acceptance, emission, the n-gram op).
+- engine-wide, the verify forward's time by tokens per row and the MTP draft call's time by its
+  steps (`CostTable`: recent medians and a line through them), and an EMA of the rest of a step
+  (acceptance, emission, the n-gram op).
 
 `AdaptivePolicy.plan` then scores every (MTP steps m, cap k) with
     tokens/s = (1 + E[accepted drafts]) / (verify(E[T]) + mtp(m) + rest)
@@ -37,6 +39,8 @@ real costs come from the engine on whatever CPU it runs on); the engine tests us
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -46,7 +50,8 @@ from refserver.mtp import MTPInput, join_mtp_inputs
 # prior (its weight halves in ~35 steps), so it is tried again while the prior says it may pay.
 DECAY, IDLE_DECAY = 0.95, 0.98
 PRIOR_MEAN, PRIOR_WEIGHT = 0.5, 1.0  # Beta prior of every position's acceptance
-COST_EMA = 0.2  # weight of a new timing in the engine-wide costs
+COST_EMA = 0.2  # weight of a new timing in the rest of a step's cost
+COST_SAMPLES = 9  # timings per size that CostTable takes the median of
 # Every PROBE_EVERY steps a request drafts one position more than its best plan, if that position
 # would gain more than PROBE_GAIN were it always accepted (where a verified token costs about a
 # whole step it cannot, and nothing is spent on probes).
@@ -69,32 +74,50 @@ class Plan:
 
 
 class CostTable:
-    """EMA of a duration by size (tokens per row of a verify forward; steps of an MTP call)."""
+    """A duration by size (tokens per row of a verify forward; steps of an MTP call): the median
+    of each size's last COST_SAMPLES timings, and a straight line through those medians (least
+    squares weighted by their counts, never falling with size) that every estimate reads.
+
+    Why not one EMA per size, as before: on a busy host a one-token forward took 27-44 ms from
+    one minute to the next (session 6), so each size's EMA carried the noise of the moment it
+    was last timed and the table came out of order (T = 6 dearer than T = 9), and the policy
+    capped drafts on that. A median drops the spikes; one line shared by all sizes keeps them in
+    order and lets a rarely timed size borrow from the others."""
 
     def __init__(self) -> None:
-        self.ema: dict[int, float] = {}
+        self.samples: dict[int, deque[float]] = {}
+        self._line: tuple[float, float, float] | None = None  # (intercept, slope, floor)
 
     def record(self, size: int, seconds: float) -> None:
-        old = self.ema.get(size)
-        self.ema[size] = seconds if old is None else old + COST_EMA * (seconds - old)
+        self.samples.setdefault(size, deque(maxlen=COST_SAMPLES)).append(seconds)
+        self._line = None
+
+    def medians(self) -> dict[int, float]:
+        return {k: statistics.median(v) for k, v in sorted(self.samples.items())}
+
+    def fit(self) -> tuple[float, float]:
+        """(intercept, slope) through the medians; through the origin while one size is
+        timed (a cost proportional to size, the cautious guess)."""
+        med = self.medians()
+        if len(med) == 1:
+            ((k, v),) = med.items()
+            return 0.0, v / k
+        w = {k: len(self.samples[k]) for k in med}
+        n = sum(w.values())
+        mx = sum(w[k] * k for k in med) / n
+        my = sum(w[k] * v for k, v in med.items()) / n
+        sxx = sum(w[k] * (k - mx) ** 2 for k in med)
+        slope = max(sum(w[k] * (k - mx) * (v - my) for k, v in med.items()) / sxx, 0.0)
+        return my - slope * mx, slope
 
     def estimate(self, size: float) -> float | None:
-        """Measured where measured, linear between (and beyond) the two nearest measured sizes;
-        proportional to size while only one is measured; None before any."""
-        if not self.ema:
+        """The line at `size`, never below half the cheapest median; None before any timing."""
+        if not self.samples:
             return None
-        if len(self.ema) == 1:
-            ((k, v),) = self.ema.items()
-            return v * size / k
-        keys = sorted(self.ema)
-        lo = max((k for k in keys if k <= size), default=keys[0])
-        hi = min((k for k in keys if k > lo and k >= size), default=None)
-        if hi is None:  # beyond the largest: extend the last segment
-            lo, hi = keys[-2], keys[-1]
-        elif lo == size:
-            return self.ema[lo]
-        slope = (self.ema[hi] - self.ema[lo]) / (hi - lo)
-        return max(self.ema[lo] + slope * (size - lo), min(self.ema.values()) * 0.5)
+        if self._line is None:  # refit after a new timing only: the policy asks ~2K times a row
+            self._line = (*self.fit(), 0.5 * min(self.medians().values()))
+        a, b, floor = self._line
+        return max(a + b * size, floor)
 
 
 @dataclass
@@ -144,26 +167,45 @@ class _Rate:
         return (self.hits + PRIOR_MEAN * PRIOR_WEIGHT) / (self.trials + PRIOR_WEIGHT)
 
 
+class NgramRates:
+    """The n-gram part of a draft, by its position i (0: the part's first draft)."""
+
+    def __init__(self, K: int) -> None:
+        self.accepted = [_Rate() for _ in range(K)]  # accepted | reached, allowed
+        self.found = [_Rate() for _ in range(K)]  # offered | allowed
+        self.offered = [_Rate() for _ in range(K)]  # accepted | reached, offered
+
+    def all(self) -> tuple[_Rate, ...]:
+        return (*self.accepted, *self.found, *self.offered)
+
+
 @dataclass
 class RequestState:
     """One request's acceptance statistics, what its last draft was made of, and the MTP pairs
-    of steps that skipped MTP."""
+    of steps that skipped MTP.
+
+    The n-gram part is counted apart by where it starts: leading the row (no MTP drafts: the
+    lookup on the verified text) or after MTP drafts (the lookup keyed with them). Pooled, the
+    n-gram drafts that follow an accepted MTP draft, on a text that is on track, lent their
+    acceptance to plans without MTP (session 7, AMX, 6 repetitive prompts: adaptive K=16 made
+    63 one-token steps where hybrid K=16 made 47, 2.16 tokens a step against 2.39)."""
 
     K: int
     mtp_steps: int
     mtp: list[_Rate] = field(init=False)  # [j]: accepted | MTP position j+1 reached
-    ngram: list[_Rate] = field(init=False)  # [i]: accepted | n-gram position i+1 reached, allowed
-    ngram_found: list[_Rate] = field(init=False)  # [i]: n-gram position i+1 offered | allowed
-    ngram_offered: list[_Rate] = field(init=False)  # [i]: accepted | position i+1 reached, offered
+    ngram_lead: NgramRates = field(init=False)  # plans without MTP drafts
+    ngram_after: NgramRates = field(init=False)  # plans with MTP drafts
     pending: list[MTPInput] = field(default_factory=list)
     last: tuple[int, int, int] | None = None  # (MTP drafts, n-gram allowed, n-gram offered)
     steps: int = 0
 
     def __post_init__(self) -> None:
         self.mtp = [_Rate() for _ in range(self.mtp_steps)]
-        self.ngram = [_Rate() for _ in range(self.K)]
-        self.ngram_found = [_Rate() for _ in range(self.K)]
-        self.ngram_offered = [_Rate() for _ in range(self.K)]
+        self.ngram_lead, self.ngram_after = NgramRates(self.K), NgramRates(self.K)
+
+    def ngram(self, mtp_drafts: int) -> NgramRates:
+        """The n-gram statistics of a draft that starts with `mtp_drafts` MTP tokens."""
+        return self.ngram_after if mtp_drafts else self.ngram_lead
 
     def drafted(self, plan: Plan, room: int, num_drafts: int) -> None:
         """The row's draft after its cap: `num_drafts` tokens, the first min(m, num_drafts)
@@ -181,16 +223,17 @@ class RequestState:
             if accepted >= j:  # position j+1 was reached: every earlier draft was accepted
                 self.mtp[j].add(accepted > j)
                 tried.add(id(self.mtp[j]))
+        ngram = self.ngram(m)
         for i in range(allowed):
-            self.ngram_found[i].add(i < offered)
-            tried.add(id(self.ngram_found[i]))
+            ngram.found[i].add(i < offered)
+            tried.add(id(ngram.found[i]))
             if accepted >= m + i:
-                self.ngram[i].add(accepted > m + i)
-                tried.add(id(self.ngram[i]))
+                ngram.accepted[i].add(accepted > m + i)
+                tried.add(id(ngram.accepted[i]))
                 if i < offered:
-                    self.ngram_offered[i].add(accepted > m + i)
-                    tried.add(id(self.ngram_offered[i]))
-        for r in (*self.mtp, *self.ngram, *self.ngram_found, *self.ngram_offered):
+                    ngram.offered[i].add(accepted > m + i)
+                    tried.add(id(ngram.offered[i]))
+        for r in (*self.mtp, *self.ngram_lead.all(), *self.ngram_after.all()):
             if id(r) not in tried:
                 r.idle()
 
@@ -224,16 +267,17 @@ class AdaptivePolicy:
             accepted += reach
             tokens_per_row += 1
         known = found if m == 0 else None
+        ngram = state.ngram(m)
         for i in range(k - m):
             sure = sure_from is not None and m + i >= sure_from
             if sure:
                 tokens_per_row += 1.0
             elif known is None:
-                tokens_per_row += state.ngram_found[i].value
-                reach *= state.ngram[i].value
+                tokens_per_row += ngram.found[i].value
+                reach *= ngram.accepted[i].value
             elif i < known:
                 tokens_per_row += 1.0
-                reach *= state.ngram_offered[i].value
+                reach *= ngram.offered[i].value
             else:
                 break  # the lookup offers no more drafts
             accepted += reach

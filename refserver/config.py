@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 METHODS = ("none", "ngram", "mtp")
-MAX_SPECULATIVE_TOKENS = 8
+MAX_SPECULATIVE_TOKENS = 16
 # MTP drafts choose among the target's N most frequent answer tokens by default. Measured with
 # benchmarks/engine_profile.py (bf16, 1 thread, 6 repetitive held-out prompts, 96 tokens):
 # tokens/step of hybrid K=5 s=3 were 2.40 (full vocabulary), 2.36 (8192), 2.27 (4096), 2.18

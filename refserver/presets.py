@@ -43,4 +43,15 @@ SPEC_CONFIGS: dict[str, str | None] = {
         '{"method":"mtp","num_speculative_tokens":8,"num_model_steps":1,'
         '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1,"adaptive":true}'
     ),
+    # K=16, refserver's maximum: text that repeats at length (a rewrite, a rename) has long
+    # n-gram continuations, and adaptive caps the drafts where a long verification costs more
+    # than it brings (AVX2 float32).
+    "hybrid K=16 s=1": (
+        '{"method":"mtp","num_speculative_tokens":16,"num_model_steps":1,'
+        '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
+    ),
+    "adaptive hybrid K=16 s=1": (
+        '{"method":"mtp","num_speculative_tokens":16,"num_model_steps":1,'
+        '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1,"adaptive":true}'
+    ),
 }

@@ -53,20 +53,42 @@ def simulate(
     return chosen
 
 
-def test_cost_table_measures_interpolates_and_extrapolates():
+def test_cost_table_fits_a_line_through_each_sizes_median():
     t = CostTable()
     assert t.estimate(3) is None
     t.record(2, 0.010)
-    assert t.estimate(4) == pytest.approx(0.020)  # one point: proportional
-    t.record(2, 0.020)
-    assert t.ema[2] == pytest.approx(0.010 + adaptive.COST_EMA * 0.010)
-    t.ema = {1: 0.010, 3: 0.030}
-    assert t.estimate(2) == pytest.approx(0.020)
-    assert t.estimate(2.5) == pytest.approx(0.025)
-    assert t.estimate(5) == pytest.approx(0.050)  # beyond: the last segment
-    assert t.estimate(3) == pytest.approx(0.030)
-    t.ema = {2: 0.010, 3: 0.040}
-    assert t.estimate(1) == pytest.approx(0.005)  # never below half the cheapest measured
+    assert t.estimate(4) == pytest.approx(0.020)  # one size timed: proportional
+    for seconds in (0.030, 0.030, 0.900):  # a spike among the timings of T = 3
+        t.record(3, seconds)
+    assert t.medians() == {2: 0.010, 3: 0.030}
+    # Line through (2, 10 ms) weight 1 and (3, 30 ms) weight 3: slope 20 ms, through both.
+    assert t.estimate(2.5) == pytest.approx(0.020)
+    assert t.estimate(5) == pytest.approx(0.070)  # beyond: the same line
+    assert t.estimate(1) == pytest.approx(0.005)  # never below half the cheapest median
+
+
+def test_cost_table_keeps_sizes_in_order_whatever_the_noise():
+    """Noise that made the old per-size EMAs non-monotone (session 6: ms by T 2: 31.1, 4: 29.9,
+    5: 29.6, 6: 41.7, 7: 45.0, 9: 33.3) gives a line that never falls with T."""
+    t = CostTable()
+    for size, ms in {2: 31.1, 4: 29.9, 5: 29.6, 6: 41.7, 7: 45.0, 9: 33.3}.items():
+        t.record(size, ms * MS)
+    estimates = [t.estimate(size) for size in range(1, 18)]
+    assert estimates == sorted(estimates)
+    _, slope = t.fit()
+    assert 0.0 <= slope < 3 * MS  # a few ms a token, not the 12 ms from T = 5 to 6
+
+
+def test_cost_table_median_ignores_old_timings():
+    t = CostTable()
+    for _ in range(adaptive.COST_SAMPLES):
+        t.record(4, 0.100)
+    for _ in range(adaptive.COST_SAMPLES // 2 + 1):
+        t.record(4, 0.020)
+    assert t.medians() == {4: 0.020}
+    t.record(1, 0.030)  # falling with size: the slope is clamped to 0
+    assert t.fit()[1] == 0.0
+    assert t.estimate(1) == t.estimate(16)
 
 
 def test_observe_counts_mtp_and_ngram_positions_separately():
@@ -76,8 +98,10 @@ def test_observe_counts_mtp_and_ngram_positions_separately():
     assert st.last == (2, 2, 1)
     st.observe(2)
     assert [(r.hits, r.trials) for r in st.mtp] == [(1, 1), (1, 1)]
-    assert [(r.hits, r.trials) for r in st.ngram_found[:3]] == [(1, 1), (0, 1), (0, 0)]
-    assert [(r.hits, r.trials) for r in st.ngram[:2]] == [(0, 1), (0, 0)]  # reached once
+    after = st.ngram_after  # the n-gram part came after MTP drafts
+    assert [(r.hits, r.trials) for r in after.found[:3]] == [(1, 1), (0, 1), (0, 0)]
+    assert [(r.hits, r.trials) for r in after.accepted[:2]] == [(0, 1), (0, 0)]  # reached once
+    assert all(r.trials == 0 for r in st.ngram_lead.all())
     st.observe(0)  # no draft this step: the positions drift back to the prior
     assert st.mtp[0].hits == pytest.approx(adaptive.IDLE_DECAY)
     st.drafted(Plan(2, 2), room=4, num_drafts=2)
@@ -118,12 +142,47 @@ def test_offered_ngram_positions_have_their_own_rate():
     st = policy.new_request()
     st.drafted(Plan(0, 5), room=10, num_drafts=2)  # 2 offered of 5 allowed
     st.observe(1)  # the first accepted, the second rejected
-    assert [(r.hits, r.trials) for r in st.ngram_offered[:3]] == [(1, 1), (0, 1), (0, 0)]
-    assert [(r.hits, r.trials) for r in st.ngram[:3]] == [(1, 1), (0, 1), (0, 0)]
+    lead = st.ngram_lead
+    assert [(r.hits, r.trials) for r in lead.offered[:3]] == [(1, 1), (0, 1), (0, 0)]
+    assert [(r.hits, r.trials) for r in lead.accepted[:3]] == [(1, 1), (0, 1), (0, 0)]
     st.drafted(Plan(0, 5), room=10, num_drafts=0)  # nothing offered
     st.observe(0)
-    assert st.ngram[0].trials == pytest.approx(adaptive.DECAY + 1)  # tried, found nothing
-    assert st.ngram_offered[0].trials == pytest.approx(adaptive.IDLE_DECAY)  # not offered
+    assert lead.accepted[0].trials == pytest.approx(adaptive.DECAY + 1)  # tried, found nothing
+    assert lead.offered[0].trials == pytest.approx(adaptive.IDLE_DECAY)  # not offered
+
+
+def test_ngram_drafts_after_mtp_do_not_vouch_for_the_lookup_alone():
+    """MTP's draft accepted and the n-gram continuation after it too, every step, while the
+    lookup's own drafts (no MTP before them) are always rejected: plans without MTP must not
+    borrow the first kind's acceptance. With one set of n-gram rates they did."""
+    policy = AdaptivePolicy(5, 1, True, costs(FLAT, {1: 4.0}, 2))
+    st = policy.new_request()
+    chosen = []
+    for _ in range(60):
+        m, k = policy.best(st, found=5)
+        chosen.append((m, k))
+        st.drafted(Plan(m, k), room=100, num_drafts=k)
+        st.observe(k if m else 0)
+    print(chosen)
+    assert st.ngram_after.offered[0].value > 0.9
+    assert st.ngram_lead.offered[0].value < adaptive.PRIOR_MEAN
+    assert all(m == 1 for m, _ in chosen[-20:])
+
+
+def test_a_long_accepted_run_is_drafted_whole():
+    """The lookup offers 16 and the first 14 are accepted every step, on a machine where a
+    verified token costs 2/40 of a step: the cap reaches the run's length. With a rate per
+    position, positions past the cap kept their prior and the cap stayed short."""
+    policy = AdaptivePolicy(16, 0, True, costs(FLAT, {}, 2))
+    st = policy.new_request()
+    caps = []
+    for _ in range(80):
+        m, k = policy.best(st, found=16)
+        caps.append(k)
+        st.drafted(Plan(m, k), room=100, num_drafts=k)
+        st.observe(min(k, 14))
+    print(caps)
+    assert min(caps[-20:]) >= 14
 
 
 def test_drafts_that_barely_pay_are_not_drafted():
@@ -230,7 +289,7 @@ def test_adaptive_hybrid_greedy_equals_none(model_and_tokenizer, chat_prompts, g
         assert r.token_ids == ref.token_ids
         assert r.text == ref.text
         check_invariants(r, engine.K)  # K stays the configured maximum in speculate_metrics
-    assert engine.adaptive.costs.verify.ema and engine.adaptive.costs.mtp.ema
+    assert engine.adaptive.costs.verify.samples and engine.adaptive.costs.mtp.samples
 
 
 class _ScriptedPolicy(AdaptivePolicy):

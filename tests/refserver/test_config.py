@@ -29,7 +29,7 @@ def test_plain_methods():
     [
         ("{not json", "not valid JSON"),
         ('{"method":"eagle"}', "method='eagle'"),
-        ('{"method":"ngram","num_speculative_tokens":9}', "num_speculative_tokens=9"),
+        ('{"method":"ngram","num_speculative_tokens":17}', "num_speculative_tokens=17"),
         ('{"method":"mtp","num_speculative_tokens":2,"num_model_steps":3}', "num_model_steps=3"),
         ('{"method":"ngram","num_speculative_tokens":2,"min_ngram_size":0}', "min_ngram_size=0"),
         ('{"method":"mtp","num_speculative_tokens":2,"mtp_strategy":"x"}', "mtp_strategy='x'"),

@@ -14,7 +14,7 @@ import torch
 from refserver.config import EngineConfig, SpeculativeConfig
 from refserver.engine import Engine, Request, StepOutput
 from refserver.sampling import SamplingParams
-from tests.refserver.helpers import HYBRID, NGRAM, heldout_prompts
+from tests.refserver.helpers import HYBRID, NGRAM, SPEC_CONFIGS, heldout_prompts
 
 
 @dataclass
@@ -76,7 +76,11 @@ def greedy_none(model_and_tokenizer, chat_prompts):
     return run(engine, chat_prompts, SamplingParams(max_tokens=24, temperature=0.0))
 
 
-@pytest.mark.parametrize("spec", [NGRAM, HYBRID], ids=["ngram", "hybrid"])
+@pytest.mark.parametrize(
+    "spec",
+    [NGRAM, HYBRID, SPEC_CONFIGS["adaptive hybrid K=16 s=1"]],
+    ids=["ngram", "hybrid", "adaptive-K16"],  # K=16: refserver's maximum draft length
+)
 def test_greedy_speculation_is_lossless(model_and_tokenizer, chat_prompts, greedy_none, spec):
     engine = make_engine(model_and_tokenizer, spec)
     results = run(engine, chat_prompts, SamplingParams(max_tokens=24, temperature=0.0))
