@@ -125,7 +125,7 @@ BASELINE = "none"
 VLLM_SCENARIO = REPO / "scenarios" / "vllm-cpu-ngram.yaml"
 VLLM_BASELINE = "vllm none"
 VLLM_NGRAM = "vllm ngram K=5"
-VLLM_CONFIGS = (VLLM_BASELINE, VLLM_NGRAM)
+VLLM_CONFIGS = (VLLM_BASELINE, VLLM_NGRAM)  # as the scenario runs them (--vllm-draft-tokens: K)
 # vLLM's worker busy-polls its shared-memory queue for 1 s after its last message (vllm 0.32,
 # shm_broadcast.SpinCondition, no setting): a request sent to another server within that second
 # would share the 2 cores with the spinning worker. The benchmark waits this long (untimed)
@@ -159,11 +159,24 @@ class Settings:
     device: str = "cpu"
     server_args: tuple[str, ...] = ()  # more refserver flags, e.g. the overlap schedule
     vllm: bool = True  # also serve vLLM n-gram on/off when its set-up exists (--no-vllm: not)
+    vllm_k: int = VLLM_NGRAM_SETTINGS["num_speculative_tokens"]  # vLLM's n-gram K (scenario's: 5)
+
+    @property
+    def vllm_labels(self) -> tuple[str, str]:
+        return VLLM_BASELINE, vllm_ngram_label(self.vllm_k)
+
+
+def vllm_ngram_label(k: int) -> str:
+    return f"vllm ngram K={k}"
+
+
+def is_vllm(label: str) -> bool:
+    return label.startswith("vllm ")
 
 
 def baseline_of(label: str) -> str:
     """The `none` a target's speedup is paired with: its own engine's."""
-    return VLLM_BASELINE if label in VLLM_CONFIGS else BASELINE
+    return VLLM_BASELINE if is_vllm(label) else BASELINE
 
 
 @dataclass
@@ -251,7 +264,7 @@ class ServerTarget:
                 f"finish_reason {done.finish_reason!r}, {len(done.chunks)} chunks, the last "
                 f"{json.dumps(last)[:500]}\n{self.server.failure_context()}"
             )
-        if self.label in VLLM_CONFIGS:
+        if is_vllm(self.label):
             steps, accepted = vllm_steps(self.label, done, tokens)
         else:
             steps, accepted = refserver_steps(self.label, done)
@@ -313,7 +326,7 @@ def vllm_steps(label: str, done: Completion, tokens: int) -> tuple[int, int]:
             f"{label}: no metrics.speculative_decoding in the stream (the scenario's "
             "--per-request-spec-decode-metrics is missing?)"
         )
-    k = VLLM_NGRAM_SETTINGS["num_speculative_tokens"]
+    k = int(label.rsplit("K=", 1)[1])
     fewest = -(-tokens // (k + 1))
     return max(tokens - int(block["num_accepted_draft_tokens"]), fewest), tokens
 
@@ -398,12 +411,15 @@ def refserver_spec(
     return ServerSpec(command=tuple(command), cwd=str(REPO), startup_timeout=900)
 
 
-def vllm_specs(threads: int) -> dict[str, ServerSpec] | str:
+def vllm_specs(
+    threads: int, k: int = VLLM_NGRAM_SETTINGS["num_speculative_tokens"]
+) -> dict[str, ServerSpec] | str:
     """vLLM's two servers, or why they cannot run here (the set-up is missing).
 
     `vllm ngram K=5` is the scenario's command as written (float32, n-gram K=5, lookup 3..1,
     checked); `vllm none` is the same command without `--speculative-config` and the per-request
-    metrics flag. Both get 1 GiB of KV cache and `threads` OpenMP threads, unpinned like refserver's
+    metrics flag. With `k` other than the scenario's 5, the n-gram row is `vllm ngram K={k}`: the
+    same command with that num_speculative_tokens. Both get 1 GiB of KV cache and `threads` OpenMP threads, unpinned like refserver's
     (VLLM_CPU_OMP_THREADS_BIND=nobind; vLLM's own default pins and keeps a core for its
     scheduler, which on 2 cores leaves one thread)."""
     scenario = load_scenario(VLLM_SCENARIO)
@@ -433,8 +449,11 @@ def vllm_specs(threads: int) -> dict[str, ServerSpec] | str:
     else:
         log.warning("!!! %s not found: vLLM runs with GNU OpenMP, its n-gram much slower !!!", iomp)
     off = without_options(command, ("--speculative-config", "--per-request-spec-decode-metrics"))
+    spec_json["num_speculative_tokens"] = k
+    with_k = list(command)
+    with_k[with_k.index("--speculative-config") + 1] = json.dumps(spec_json, separators=(",", ":"))
     return {
-        VLLM_NGRAM: replace(on, env=env),
+        vllm_ngram_label(k): replace(on, command=tuple(with_k), env=env),
         VLLM_BASELINE: replace(on, command=tuple(off), env=env),
     }
 
@@ -472,7 +491,7 @@ def start_servers(s: Settings, tmp: Path) -> tuple[list[ServerTarget], str | Non
                 for name in s.configs
             }
             if s.vllm:
-                found = vllm_specs(t)
+                found = vllm_specs(t, s.vllm_k)
                 if isinstance(found, str):
                     vllm_missing = f"NOT MEASURED: {found}"
                     log.warning("!!! vLLM column %s !!!", vllm_missing)
@@ -485,7 +504,7 @@ def start_servers(s: Settings, tmp: Path) -> tuple[list[ServerTarget], str | Non
                 targets.append(ServerTarget(name, t, server))
                 # vLLM servers one at a time (two loading at once beside the others have lost
                 # a worker at start on this 23 GB VM); refserver's load in parallel meanwhile
-                server.start(wait=name in VLLM_CONFIGS)
+                server.start(wait=is_vllm(name))
         for target in targets:
             target.server.wait_healthy()
     except BaseException:
@@ -496,11 +515,12 @@ def start_servers(s: Settings, tmp: Path) -> tuple[list[ServerTarget], str | Non
 
 def vllm_description(servers: Sequence[ServerTarget]) -> str:
     """The vLLM version its server reports, and how it was run (for the results' header)."""
-    vllm = next(t for t in servers if t.label in VLLM_CONFIGS)
+    vllm = next(t for t in servers if is_vllm(t.label))
     version = describe_server(vllm.server.endpoint())["engine_version"]
     return (
         f"{version}, float32, launched as {VLLM_SCENARIO.relative_to(REPO)} does (`vllm none`: "
-        "without --speculative-config); its rows' speedups are paired with `vllm none`"
+        "without --speculative-config; `vllm ngram K=N`: num_speculative_tokens N, the "
+        "scenario's is 5); its rows' speedups are paired with `vllm none`"
     )
 
 
@@ -565,7 +585,7 @@ def warm_up(targets: Sequence[Target], prompt: dict) -> None:
 
 def settle(target: Target) -> None:
     """After a vLLM request: wait out its worker's busy-polling (see VLLM_SPIN_S)."""
-    if target.label in VLLM_CONFIGS:
+    if is_vllm(target.label):
         time.sleep(VLLM_SPIN_S)
 
 
@@ -673,7 +693,7 @@ def cells_in_order(s: Settings, rounds: Sequence[RoundResult]) -> list[Cell]:
     present = set().union(*(r.tallies for r in rounds))
     order = []
     for t in s.threads:
-        for label in [*s.configs, *VLLM_CONFIGS, *s.peers]:
+        for label in [*s.configs, *s.vllm_labels, *s.peers]:
             for c in s.concurrency:
                 for kind in ("repetitive", "open", "all"):
                     if (label, t, c, kind) in present:
@@ -698,7 +718,7 @@ def render(s: Settings, rounds: Sequence[RoundResult], meta: dict[str, str]) -> 
         if flag:
             flags.append(flag)
         name = f"{label} (peer)" if label in PEERS else label
-        name = f"{label} (vLLM)" if label in VLLM_CONFIGS else name
+        name = f"{label} (vLLM)" if is_vllm(label) else name
         row = [name] + ([str(t)] if multi_threads else []) + [str(c), kind]
         row += [tok_s_stat(rounds, cell).fmt(), speedup.fmt(suffix="x")]
         row += [vs_peer.fmt(suffix="x")] if has_peer else []
@@ -709,7 +729,7 @@ def render(s: Settings, rounds: Sequence[RoundResult], meta: dict[str, str]) -> 
     spread = "interquartile range" if len(rounds) >= 5 else "min–max"
     out += ["", f"Spread in parentheses: {spread} over {len(rounds)} rounds.", ""]
     out += lines
-    if any(label in VLLM_CONFIGS for label, *_ in cells_in_order(s, rounds)):
+    if any(is_vllm(label) for label, *_ in cells_in_order(s, rounds)):
         out += [
             "",
             "vLLM rows: accept length and ratio per decode step as SPEC §2 counts them, "
@@ -762,7 +782,7 @@ def goals(s: Settings, rounds: Sequence[RoundResult]) -> list[str]:
                         f"(goal >= 0.97x: {verdict(vs_none, 0.97)})"
                     )
             for kind in ("repetitive", "open", "all"):  # "all": the whole held-out mix
-                ahead = speedup_over_vllm(rounds, label, t, kind)
+                ahead = speedup_over_vllm(rounds, label, t, kind, s.vllm_labels[1])
                 if ahead.n:
                     out.append(
                         f"- {label}, {t} thread(s), {kind}: its speedup is "
@@ -772,12 +792,14 @@ def goals(s: Settings, rounds: Sequence[RoundResult]) -> list[str]:
     return out
 
 
-def speedup_over_vllm(rounds: Sequence[RoundResult], label: str, t: int, kind: str) -> Stat:
+def speedup_over_vllm(
+    rounds: Sequence[RoundResult], label: str, t: int, kind: str, vllm_ngram: str = VLLM_NGRAM
+) -> Stat:
     """Per round (label / none) / (vllm ngram / vllm none): refserver's speedup over vLLM's,
     each engine against its own `none` of the same round, at concurrency 1."""
     values = []
     for r in rounds:
-        cells = [(x, t, 1, kind) for x in (label, BASELINE, VLLM_NGRAM, VLLM_BASELINE)]
+        cells = [(x, t, 1, kind) for x in (label, BASELINE, vllm_ngram, VLLM_BASELINE)]
         if all(c in r.tallies for c in cells):
             ours, none, theirs, their_none = (r.tallies[c].tok_s for c in cells)
             values.append((ours / none) / (theirs / their_none))
@@ -824,7 +846,7 @@ def output_notes(s: Settings, rounds: Sequence[RoundResult]) -> list[str]:
     ]
     for t in s.threads:
         parts = []
-        for label in [*s.configs, *VLLM_CONFIGS, *s.peers]:
+        for label in [*s.configs, *s.vllm_labels, *s.peers]:
             base = baseline_of(label)
             if label == base or (label, t, ids[0]) not in first:
                 continue
@@ -854,7 +876,7 @@ def estimate_seconds(s: Settings, n_prompts: int) -> float:
     per_round = 0.0
     for c in s.concurrency:
         n_targets = len(s.configs) + (len(s.peers) if c == 1 else 0)
-        n_targets += len(VLLM_CONFIGS) if s.vllm else 0
+        n_targets += len(s.vllm_labels) if s.vllm else 0
         tokens = n_targets * len(s.threads) * max(n_prompts, c) * s.max_tokens
         per_round += tokens / NOMINAL_TOK_S[1 if c == 1 else 8] * slow
     startup = 20.0 * len(s.configs) * len(s.threads) / 2 + 30 + (120 if s.vllm else 0)
@@ -998,6 +1020,13 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
         help="skip vLLM n-gram on/off (otherwise measured when `make vllm-cpu` set it up, and "
         "reported as NOT MEASURED when it did not)",
     )
+    ap.add_argument(
+        "--vllm-draft-tokens",
+        type=int,
+        default=VLLM_NGRAM_SETTINGS["num_speculative_tokens"],
+        help="vLLM n-gram's num_speculative_tokens (default: the scenario's 5), to compare "
+        "draft lengths alike",
+    )
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the shuffled orders")
     ap.add_argument(
         "--out",
@@ -1011,6 +1040,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
     for name in ("rounds", "max_tokens", "prompts_per_kind"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')}={getattr(a, name)}: must be >= 1")
+    if not 1 <= a.vllm_draft_tokens <= 16:
+        ap.error(f"--vllm-draft-tokens={a.vllm_draft_tokens}: must be in 1..16")
     for t in a.threads:
         if t < 1:
             ap.error(f"--threads={t}: must be >= 1")
@@ -1036,6 +1067,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
         device=a.device,
         server_args=tuple(shlex.split(a.server_args)),
         vllm=not a.no_vllm,
+        vllm_k=a.vllm_draft_tokens,
     )
     return s, a.out
 

@@ -6,6 +6,7 @@ The statistics tests build rounds by hand: the point is the pairing (a speedup i
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -215,6 +216,7 @@ def test_vllm_steps_from_the_per_request_block():
         {"metrics": {"speculative_decoding": {**counts, "num_accepted_draft_tokens": 60}}},
     )
     assert vllm_steps(VLLM_NGRAM, many, 64) == (11, 64)
+    assert vllm_steps("vllm ngram K=16", many, 64) == (4, 64)  # the floor follows the label's K
     assert vllm_steps(VLLM_BASELINE, done, 64) == (64, 64)
     with pytest.raises(RuntimeError, match=r"no metrics\.speculative_decoding"):
         vllm_steps(VLLM_NGRAM, streamed({"choices": []}), 64)
@@ -237,6 +239,21 @@ def test_vllm_none_is_the_scenario_command_without_speculation():
     )
     assert specs[VLLM_BASELINE].env["OMP_NUM_THREADS"] == "2"
     assert specs[VLLM_NGRAM].env["LD_PRELOAD"].endswith("libiomp5.so")  # vLLM's CPU set-up
+    longer = vllm_specs(2, 16)  # --vllm-draft-tokens 16: that K, the rest as the scenario says
+    assert set(longer) == {VLLM_BASELINE, "vllm ngram K=16"}
+    on16 = list(longer["vllm ngram K=16"].command)
+    assert json.loads(on16[on16.index("--speculative-config") + 1]) == json.loads(spec_json) | {
+        "num_speculative_tokens": 16
+    }
+    assert list(longer[VLLM_BASELINE].command) == none
+
+
+def test_vllm_draft_tokens_flag():
+    assert parse_args([])[0].vllm_labels == (VLLM_BASELINE, VLLM_NGRAM)
+    s = parse_args(["--vllm-draft-tokens", "16"])[0]
+    assert s.vllm_labels == (VLLM_BASELINE, "vllm ngram K=16")
+    with pytest.raises(SystemExit):
+        parse_args(["--vllm-draft-tokens", "0"])
 
 
 def test_no_vllm_flag():

@@ -446,10 +446,14 @@ __device__ __forceinline__ RowState row_state(const NgramParams& p, int64_t r, c
   if (ri.searchable && ri.n_hi >= p.min_ngram_size) {
     // Global slots were written with atomics (resolved in L2): read them past L1, keys and
     // tokens in one round trip.
-    const unsigned long long kp = kFused ? keys[2 * r] : __ldcg(keys + 4 * r);
-    const unsigned long long kg = kFused ? keys[2 * r + 1] : __ldcg(keys + 4 * r + 2);
-    const unsigned long long tp = kFused ? 0ull : __ldcg(keys + 4 * r + 1);
-    const unsigned long long tg = kFused ? 0ull : __ldcg(keys + 4 * r + 3);
+    const unsigned long long* slot_p = keys + key_index<kFused>(r, 0);
+    const unsigned long long* slot_g = keys + key_index<kFused>(r, 1);
+    const unsigned long long kp = kFused ? *slot_p : __ldcg(slot_p);
+    const unsigned long long kg = kFused ? *slot_g : __ldcg(slot_g);
+    // Token words: only the main kernel's slots have them, and only the 128-bit CAS writes them.
+    constexpr bool kTokens = !kFused && kSlotCas;
+    const unsigned long long tp = kTokens ? __ldcg(slot_p + 1) : 0ull;
+    const unsigned long long tg = kTokens ? __ldcg(slot_g + 1) : 0ull;
     const int64_t lp = match_len(kp), lg = match_len(kg);
     int64_t avail = 0;
     if (lp >= p.min_ngram_size && lp >= lg) {  // larger n first; prompt first within n
@@ -627,7 +631,10 @@ __device__ void finalise_tile(const NgramParams& p) {
     const int64_t unproc = U0 - (carry_e + pre_e + d.eligible);
     if (r < B) {
       finish_row(p, r, d, total, unproc);
-      for (int w = 0; w < 4; ++w) p.keys[4 * r + w] = 0ull;  // the workspace zero for the next call
+      // The workspace zero for the next call (token words: only the 128-bit CAS writes them).
+      for (int h = 0; h < 2; ++h) {
+        for (int w = 0; w < (kSlotCas ? 2 : 1); ++w) p.keys[key_index<false>(r, h) + w] = 0ull;
+      }
     }
     carry_c += sub_c;
     carry_e += sub_e;
