@@ -186,9 +186,8 @@ class RequestState:
 
     The n-gram part is counted apart by where it starts: leading the row (no MTP drafts: the
     lookup on the verified text) or after MTP drafts (the lookup keyed with them). Pooled, the
-    n-gram drafts that follow an accepted MTP draft, on a text that is on track, lent their
-    acceptance to plans without MTP (session 7, AMX, 6 repetitive prompts: adaptive K=16 made
-    63 one-token steps where hybrid K=16 made 47, 2.16 tokens a step against 2.39)."""
+    n-gram drafts that follow an accepted MTP draft (a text on track) vouched for plans without
+    MTP: a selection bias (`test_ngram_drafts_after_mtp_do_not_vouch_for_the_lookup_alone`)."""
 
     K: int
     mtp_steps: int
