@@ -461,17 +461,23 @@ def test_graph_buckets_are_captured_at_startup(model_and_tokenizer, chat_prompts
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize(
-    ("draft_graph", "opt_level"),
-    [(False, 0), (True, 0), (True, 2)],
-    ids=["verify", "verify+draft", "verify+draft+compile"],
+    ("draft_graph", "opt_level", "spec"),
+    [
+        (False, 0, HYBRID),
+        (True, 0, HYBRID),
+        (True, 2, HYBRID),
+        (True, 0, SPEC_CONFIGS["hybrid K=16 s=1"]),
+    ],
+    ids=["verify", "verify+draft", "verify+draft+compile", "verify+draft-K16"],
 )
 def test_cuda_graphs_change_no_text(
-    model_and_tokenizer, chat_prompts, greedy_none, draft_graph, opt_level
+    model_and_tokenizer, chat_prompts, greedy_none, draft_graph, opt_level, spec
 ):
     """Greedy texts with the verify (and draft) phases replayed as CUDA graphs (torch.compile'd
     first at graph_opt_level 2) equal eager decoding on the same GPU, float32, with more
     requests than slots, the overlap schedule, and a request whose positions cross the first
-    cache window (256) mid-generation, so its steps switch graphs."""
+    cache window (256) mid-generation, so its steps switch graphs. K=16 (refserver's maximum):
+    17 tokens a row, past the Triton kernels' row limits (cuBLAS / SDPA then)."""
     from refserver.config import GraphOptimizationConfig
     from refserver.cuda_graphs import KV_BUCKET_MIN
     from refserver.model import load_model
@@ -483,7 +489,7 @@ def test_cuda_graphs_change_no_text(
     texts = {}
     for graphs in (False, True):
         config = EngineConfig(
-            speculative=SpeculativeConfig.from_json(HYBRID),
+            speculative=SpeculativeConfig.from_json(spec),
             device="cuda",
             max_num_seqs=2,
             enable_overlap_schedule=True,
