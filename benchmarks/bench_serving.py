@@ -105,6 +105,7 @@ from e2e.baseline import cpu_model, git_commit
 from e2e.client import Completion, send
 from e2e.scenario import RequestSpec, ServerSpec, load_scenario
 from e2e.server import ServerProcess, describe_server
+from refserver.config import MAX_SPECULATIVE_TOKENS
 from refserver.engine import MODEL_NAME as MODEL
 from refserver.heldout import heldout_prompts
 from refserver.model import resolve_dtype
@@ -125,7 +126,6 @@ BASELINE = "none"
 VLLM_SCENARIO = REPO / "scenarios" / "vllm-cpu-ngram.yaml"
 VLLM_BASELINE = "vllm none"
 VLLM_NGRAM = "vllm ngram K=5"
-VLLM_CONFIGS = (VLLM_BASELINE, VLLM_NGRAM)  # as the scenario runs them (--vllm-draft-tokens: K)
 # vLLM's worker busy-polls its shared-memory queue for 1 s after its last message (vllm 0.32,
 # shm_broadcast.SpinCondition, no setting): a request sent to another server within that second
 # would share the 2 cores with the spinning worker. The benchmark waits this long (untimed)
@@ -418,10 +418,10 @@ def vllm_specs(
 
     `vllm ngram K=5` is the scenario's command as written (float32, n-gram K=5, lookup 3..1,
     checked); `vllm none` is the same command without `--speculative-config` and the per-request
-    metrics flag. With `k` other than the scenario's 5, the n-gram row is `vllm ngram K={k}`: the
-    same command with that num_speculative_tokens. Both get 1 GiB of KV cache and `threads` OpenMP threads, unpinned like refserver's
-    (VLLM_CPU_OMP_THREADS_BIND=nobind; vLLM's own default pins and keeps a core for its
-    scheduler, which on 2 cores leaves one thread)."""
+    metrics flag. With `k` other than the scenario's 5, the n-gram row is `vllm ngram K={k}`:
+    the same command with that num_speculative_tokens. Both get 1 GiB of KV cache and `threads`
+    OpenMP threads, unpinned like refserver's (VLLM_CPU_OMP_THREADS_BIND=nobind; vLLM's own
+    default pins and keeps a core for its scheduler, which on 2 cores leaves one thread)."""
     scenario = load_scenario(VLLM_SCENARIO)
     reason = scenario.skip_reason()
     if reason:
@@ -1040,8 +1040,12 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str | None]:
     for name in ("rounds", "max_tokens", "prompts_per_kind"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')}={getattr(a, name)}: must be >= 1")
-    if not 1 <= a.vllm_draft_tokens <= 16:
-        ap.error(f"--vllm-draft-tokens={a.vllm_draft_tokens}: must be in 1..16")
+    if (
+        not 1 <= a.vllm_draft_tokens <= MAX_SPECULATIVE_TOKENS
+    ):  # refserver's range, to compare alike
+        ap.error(
+            f"--vllm-draft-tokens={a.vllm_draft_tokens}: must be in 1..{MAX_SPECULATIVE_TOKENS}"
+        )
     for t in a.threads:
         if t < 1:
             ap.error(f"--threads={t}: must be >= 1")

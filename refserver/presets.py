@@ -43,9 +43,10 @@ SPEC_CONFIGS: dict[str, str | None] = {
         '{"method":"mtp","num_speculative_tokens":8,"num_model_steps":1,'
         '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1,"adaptive":true}'
     ),
-    # K=16, refserver's maximum: text that repeats at length (a rewrite, a rename) has long
-    # n-gram continuations, and adaptive caps the drafts where a long verification costs more
-    # than it brings (AVX2 float32).
+    # K=16, refserver's maximum: more tokens a step than K=8 on repetitive text, but on the
+    # 2-core Xeon of session 7 slower in both dtypes (docs/notes_i16f.md); adaptive K=16 caps
+    # its drafts and stays near adaptive K=8. For CPUs or GPUs where a long verification is
+    # cheaper.
     "hybrid K=16 s=1": (
         '{"method":"mtp","num_speculative_tokens":16,"num_model_steps":1,'
         '"mtp_strategy":"with_ngram","max_ngram_size":3,"min_ngram_size":1}'
