@@ -18,6 +18,7 @@ from refserver.model import host_ints_to
 log = logging.getLogger(__name__)
 
 HybridFn = Callable[..., None]
+DEFAULT_THRESHOLD = 1024  # the op's threshold (SPEC §1.3), which the engine never changes
 
 
 def resolve_impl(ngram_impl: str, device: torch.device) -> tuple[str, HybridFn]:
@@ -70,6 +71,13 @@ class NgramExtender:
         pad_to_max: bool = False,
     ) -> None:
         self.impl, self.fn, self.K = impl, fn, K
+        if impl == "op" and device.type == "cpu":
+            # The public wrapper checks every argument in Python before the op (so that no C++
+            # exception is thrown where that crashes: cuda_ext/NOTES.md, "GPU toolchain note").
+            # Here the tensors are this object's own and the C++ CPU op checks the same things
+            # itself: the wrapper's checks would cost ~0.1 ms a call against the op's ~4 us,
+            # and adaptive rows call it twice a step.
+            self.fn = _cpu_op
         self.max_ngram_size, self.min_ngram_size = max_ngram_size, min_ngram_size
         self.pad_to_max = pad_to_max  # SPEC §1.4: every drafting row leaves with K+1 tokens
         # The oracle works on CPU tensors; the op gets tensors on the model's device.
@@ -182,6 +190,11 @@ class NgramExtender:
         s = 0 if mtp_drafts is None else mtp_drafts.shape[1]
         drafts, lengths = self.run(*self.row_state(rows, s), mtp_drafts)
         return read_drafts(drafts, lengths)
+
+
+def _cpu_op(*args: object, pad_to_max: bool) -> None:
+    """The op itself on CPU tensors, called as the wrapper is (its threshold: the default)."""
+    torch.ops.specgate.hybrid_mtp_ngram(*args, DEFAULT_THRESHOLD, pad_to_max)
 
 
 def read_drafts(draft_tokens: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
