@@ -16,8 +16,10 @@ cost. Both sides are measured, never assumed:
   what it would verify. Where the text repeats, the lookup's own drafts then replace the MTP
   step and its cost; where it finds nothing, no n-gram-only plan is scored on hope;
 - engine-wide, the verify forward's time by tokens per row and the MTP draft call's time by its
-  steps (`CostTable`: recent medians and a line through them), and an EMA of the rest of a step
-  (acceptance, emission, the n-gram op).
+  steps (`CostTable`: recent medians and a line through them; a timing is forgotten after
+  MAX_AGE steps, and while fewer than two sizes have a recent one the configured maximum runs
+  once to re-time them, so a load burst cannot leave stale costs behind), and an EMA of the
+  rest of a step (acceptance, emission, the n-gram op).
 
 `AdaptivePolicy.plan` then scores every (MTP steps m, cap k) with
     tokens/s = (1 + E[accepted drafts]) / (verify(E[T]) + mtp(m) + rest)
@@ -60,6 +62,13 @@ PROBE_EVERY, PROBE_GAIN = 16, 1.1
 # the estimates' noise and the MTP catch-up fill after skipped steps (not in the estimate) make
 # speculation lose on average (measured: 0.93-0.97x `none` on open prompts on AVX2 without it).
 SPECULATE_GAIN = 1.03
+# A timing is forgotten after MAX_AGE engine steps (~5-10 s of decoding on a CPU), and while
+# fewer than two verify sizes have a timing that recent, once per MAX_AGE steps a plan runs the
+# configured maximum to re-time them. Without this, timings taken during a load burst (another
+# process starting) were never replaced for the sizes the policy then stopped drafting:
+# measured, a burst during the first two requests left verify at T = 2..6 at 210-460 ms (true:
+# ~20 ms), and speculation nearly off, for good.
+MAX_AGE = 256
 
 
 @dataclass(frozen=True)
@@ -85,15 +94,26 @@ class CostTable:
     order and lets a rarely timed size borrow from the others."""
 
     def __init__(self) -> None:
-        self.samples: dict[int, deque[float]] = {}
+        self.samples: dict[int, deque[tuple[int, float]]] = {}  # size -> (step, seconds)
         self._line: tuple[float, float, float] | None = None  # (intercept, slope, floor)
 
-    def record(self, size: int, seconds: float) -> None:
-        self.samples.setdefault(size, deque(maxlen=COST_SAMPLES)).append(seconds)
+    def record(self, size: int, seconds: float, step: int = 0) -> None:
+        """A timing of `size`, taken at engine step `step`."""
+        self.samples.setdefault(size, deque(maxlen=COST_SAMPLES)).append((step, seconds))
         self._line = None
 
+    def expire(self, before: int) -> None:
+        """Forget the timings taken before step `before` (a size left without any is untimed)."""
+        for size in list(self.samples):
+            timings = self.samples[size]
+            while timings and timings[0][0] < before:
+                timings.popleft()
+                self._line = None
+            if not timings:
+                del self.samples[size]
+
     def medians(self) -> dict[int, float]:
-        return {k: statistics.median(v) for k, v in sorted(self.samples.items())}
+        return {k: statistics.median(t for _, t in v) for k, v in sorted(self.samples.items())}
 
     def fit(self) -> tuple[float, float]:
         """(intercept, slope) through the medians; through the origin while one size is
@@ -127,16 +147,18 @@ class Costs:
     verify: CostTable = field(default_factory=CostTable)  # by tokens per row, T = 1 + drafts
     mtp: CostTable = field(default_factory=CostTable)  # by MTP steps
     rest: float = 0.0  # a step's time outside the verify forward and the MTP call
+    steps: int = 0  # engine steps so far: the clock of MAX_AGE
+    refreshed_at: int = -MAX_AGE  # the step of the last `refresh_due`
     _in_step: float = 0.0
 
     def record_verify(self, tokens_per_row: int, seconds: float) -> None:
-        self.verify.record(tokens_per_row, seconds)
+        self.verify.record(tokens_per_row, seconds, self.steps)
         self._in_step += seconds
 
     def record_mtp(self, steps: int, seconds: float, plans: Sequence[Plan]) -> None:
         self._in_step += seconds
         if not any(p.catch_up for p in plans):  # a catch-up fill is not what a step costs
-            self.mtp.record(steps, seconds)
+            self.mtp.record(steps, seconds, self.steps)
 
     def record_step(self, seconds: float, *, typical: bool) -> None:
         """A whole engine step; `typical`: no prefill in it (a prefill is not per-step cost)."""
@@ -144,6 +166,18 @@ class Costs:
             rest = max(seconds - self._in_step, 0.0)
             self.rest = rest if not self.rest else self.rest + COST_EMA * (rest - self.rest)
         self._in_step = 0.0
+        self.steps += 1
+        self.verify.expire(self.steps - MAX_AGE)
+        self.mtp.expire(self.steps - MAX_AGE)
+
+    def refresh_due(self) -> bool:
+        """Whether this plan should run the configured maximum to re-time the verify forward:
+        fewer than two sizes have a recent timing (so the slope is a guess), and no refresh ran
+        in the last MAX_AGE steps. True once per such stretch."""
+        if len(self.verify.samples) >= 2 or self.steps - self.refreshed_at < MAX_AGE:
+            return False
+        self.refreshed_at = self.steps
+        return True
 
 
 class _Rate:
@@ -299,7 +333,9 @@ class AdaptivePolicy:
     def best(self, state: RequestState, found: int | None = None) -> tuple[int, int]:
         """(MTP steps, cap) with the most expected tokens per second (every PROBE_EVERY steps
         one position more, see PROBE_GAIN); the configured maximum while the costs are not
-        measured yet. `found`: see `expected`."""
+        measured yet, or to re-time them (`Costs.refresh_due`). `found`: see `expected`."""
+        if self.costs.refresh_due():
+            return self.mtp_steps, self.K
         best, best_rate = (self.mtp_steps, self.K), -1.0
         for m, k in self.candidates():  # (0, 0) first
             score = self.expected(state, m, k, found=found)

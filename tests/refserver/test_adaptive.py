@@ -197,6 +197,60 @@ def test_drafts_that_barely_pay_are_not_drafted():
         assert policy.best(st) == plan, a
 
 
+def test_cost_table_forgets_timings_older_than_max_age():
+    t = CostTable()
+    t.record(1, 0.040, step=0)
+    t.record(2, 0.500, step=0)  # taken under load
+    t.record(1, 0.020, step=300)
+    t.expire(300 - adaptive.MAX_AGE)
+    assert t.medians() == {1: 0.020}  # size 2 has no timing left: untimed, not stale
+
+
+def test_costs_are_re_timed_once_per_max_age_while_the_slope_is_a_guess():
+    c = Costs()
+    c.record_verify(1, 0.040)
+    assert c.refresh_due() and not c.refresh_due()  # one size timed: due, once
+    for _ in range(adaptive.MAX_AGE - 1):
+        c.record_verify(1, 0.040)
+        c.record_step(0.045, typical=True)
+    assert not c.refresh_due()
+    c.record_step(0.045, typical=True)
+    assert c.refresh_due()  # MAX_AGE steps later, still one size: due again
+    c = Costs()
+    c.record_verify(1, 0.040)
+    c.record_verify(4, 0.050)
+    assert not c.refresh_due()  # two sizes: the line is measured
+
+
+def test_a_load_burst_does_not_leave_speculation_off():
+    """Verify timings taken under a load burst (T = 2, 4, 6 at 13-29x their true cost) must
+    not keep a request that drafts well from drafting: the sizes the policy stops planning are
+    never re-timed, so only forgetting them (and re-timing) brings speculation back. The
+    machine and the outcomes are synthetic: always accepted, on the FLAT machine."""
+    policy = AdaptivePolicy(5, 1, True)
+    costs_ = policy.costs
+    # The pattern measured in-process after such a burst, scaled to FLAT's T = 1 (in ms).
+    burst = {1: FLAT[1], 2: 530.0, 3: FLAT[3], 4: 610.0, 6: 1160.0}
+    for t, ms in burst.items():
+        for _ in range(adaptive.COST_SAMPLES):
+            costs_.record_verify(t, ms * MS)
+    costs_.record_mtp(1, 4 * MS, [])
+    costs_.record_step(0.0, typical=False)
+    st, chosen = policy.new_request(), []
+    for _ in range(3 * adaptive.MAX_AGE):
+        m, k = policy.best(st, found=5)
+        chosen.append(k)
+        st.drafted(Plan(m, k), room=100, num_drafts=k)
+        costs_.record_verify(1 + k, FLAT[1 + k] * MS)
+        if m:
+            costs_.record_mtp(m, 4 * MS, [Plan(m, k)])
+        st.observe(k)
+        costs_.record_step(0.0, typical=False)
+    print(chosen[:: adaptive.MAX_AGE // 8])
+    assert chosen[:16] == [0] * 16  # the burst's costs say drafting loses: at first, none
+    assert all(k >= 3 for k in chosen[-adaptive.MAX_AGE :])  # recovered, and stays so
+
+
 def test_unmeasured_costs_run_the_configured_maximum():
     policy = AdaptivePolicy(K=5, mtp_steps=3, uses_ngram=True)
     assert policy.best(policy.new_request()) == (3, 5)
