@@ -64,11 +64,12 @@ PROBE_EVERY, PROBE_GAIN = 16, 1.1
 SPECULATE_GAIN = 1.03
 # A timing is forgotten after MAX_AGE engine steps (~1-3 s of decoding on a CPU), and while
 # fewer than two verify sizes have a timing that recent, once per MAX_AGE steps a plan runs the
-# configured maximum to re-time them. Without this, timings taken during a load burst (another
-# process starting) were never replaced for the sizes the policy then stopped drafting:
-# measured, a burst during the first two requests left verify at T = 2..6 at 210-460 ms (true:
-# ~20 ms), and speculation nearly off, for good. 256 steps let a burst at a benchmark's start
-# cost its first round (6 requests of 64 tokens); 64 steps, one request.
+# configured maximum to re-time them. Without this, timings taken while steps were slow for a
+# passing reason (a load burst; in a serving benchmark, slow first steps of unknown cause) were
+# never replaced for the sizes the policy then stopped drafting: measured, a burst during the
+# first two requests left verify at T = 2..6 at 210-460 ms (true: ~20 ms), and speculation
+# nearly off, for good. With 256 steps the serving benchmark still lost its first round (6
+# requests of 64 tokens); with 64, at most one request.
 MAX_AGE = 64
 
 
